@@ -1,0 +1,83 @@
+"""Options of the sockets the master creates and of the WSGI app served by local workers."""
+
+from __future__ import annotations
+
+from uwsgirouter.config.converters import (
+    ADDRESS,
+    KEY_VALUE,
+    NON_EMPTY,
+    OCTAL_MODE,
+    PATH,
+    POSITIVE,
+    SECONDS,
+    integer,
+)
+from uwsgirouter.config.setting import Arg, Flag, Multi, Scalar
+
+
+class SocketOptions:
+    GROUP = "Sockets"
+
+    shared_socket = Multi(
+        ADDRESS,
+        planned=True,
+        help="Create a socket in the master before anything else; use it as =N (0-based) in --socket, "
+        "--fastrouter and --subscribe-to. Repeatable.",
+    )
+    undeferred_shared_socket = Multi(
+        ADDRESS, planned=True, help="Like --shared-socket, without TCP deferred accept; counts in the same =N list."
+    )
+    socket = Multi(
+        ADDRESS,
+        short="s",
+        aliases=["uwsgi-socket"],
+        planned=True,
+        help="Serve the WSGI app over the uwsgi protocol on this address (port 0 picks a free port). Repeatable.",
+    )
+    chmod_socket: Scalar[int | None] = Scalar(
+        OCTAL_MODE,
+        None,
+        short="C",
+        aliases=["chmod"],
+        arg=Arg.OPTIONAL,
+        implicit="666",
+        help="Mode of the UNIX sockets created (--chmod-socket alone means 666).",
+    )
+    listen = Scalar(POSITIVE, 100, short="l", help="Listen queue (backlog) of every socket created.")
+    socket_timeout = Scalar(
+        SECONDS, 4, short="z", help="Seconds a TCP client may connect without sending data before it is accepted."
+    )
+    no_defer_accept = Flag(help="Do not use TCP deferred accept on listening sockets.")
+
+
+class AppOptions:
+    GROUP = "WSGI app"
+
+    wsgi_file: Scalar[str | None] = Scalar(
+        PATH,
+        None,
+        aliases=["file"],
+        planned=True,
+        help="Load the WSGI app from this file; without --socket the file is only run in the master "
+        "(for example to fill a cache).",
+    )
+    module: Scalar[str | None] = Scalar(
+        NON_EMPTY, None, short="w", aliases=["wsgi"], planned=True, help="Load the WSGI app from module[:callable]."
+    )
+    callable = Scalar(NON_EMPTY, "application", planned=True, help="Name of the WSGI callable in the file or module.")
+    env = Multi(KEY_VALUE, planned=True, help="Set NAME=VALUE in the environment before the app loads. Repeatable.")
+    buffer_size = Scalar(
+        integer(1, 65535, "BYTES"),
+        4096,
+        short="b",
+        planned=True,
+        help="Largest request header (vars block) an app worker accepts.",
+    )
+    max_vars = Scalar(POSITIVE, 64, short="v", planned=True, help="Most request vars an app worker accepts, halved.")
+    processes = Scalar(POSITIVE, 1, short="p", aliases=["workers"], planned=True, help="Number of app workers.")
+    harakiri = Scalar(
+        SECONDS, 0, short="t", planned=True, help="Kill and respawn an app worker stuck on one request this long."
+    )
+    need_app = Flag(arg=Arg.OPTIONAL, planned=True, help="Exit if the app cannot be loaded.")
+    enable_threads = Flag(short="T", help="Accepted for compatibility; has no effect.")
+    disable_logging = Flag(short="L", planned=True, help="Do not log each request served by app workers.")

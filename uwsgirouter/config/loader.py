@@ -1,0 +1,289 @@
+"""From ``UWSGI_*`` variables, the command line and INI files to one ordered list of option entries.
+
+uWSGI's order, which configs depend on: (1) the environment, (2) the command line left to right with
+every ``--ini`` expanded in place, (3) positional configuration files. Then three substitution passes over
+every value: ``$(VAR)``, ``@(file)``, ``%(option)``. Scalars take the last value, ``%(...)`` and ``--get``
+the first. Unknown keys in files and the environment are kept as placeholders for ``%(...)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from uwsgirouter.config.ini import read_ini, split_ini_spec
+from uwsgirouter.config.model import REGISTRY, Config, Entry, first_value
+from uwsgirouter.config.setting import Arg
+from uwsgirouter.errors import ConfigError
+
+#: Variables uWSGI sets for its own processes; they are never options.
+RESERVED_ENV = frozenset(
+    {
+        "UWSGI_RELOADS",
+        "UWSGI_VASSALS_DIR",
+        "UWSGI_EMPEROR_FD",
+        "UWSGI_BROODLORD_NUM",
+        "UWSGI_EMPEROR_FD_CONFIG",
+        "UWSGI_EMPEROR_PROXY",
+        "UWSGI_JAIL_PID",
+        "UWSGI_ORIGINAL_PROC_NAME",
+    }
+)
+MAX_INI_DEPTH = 16
+MAX_SUBSTITUTIONS = 256
+OTHER_FORMATS = (".xml", ".yaml", ".yml", ".json", ".js")
+
+
+def _unknown_option(name: str) -> ConfigError:
+    hint = REGISTRY.suggest(name)
+    suffix = f" (did you mean --{hint}?)" if hint else ""
+    return ConfigError(f"unknown option --{name}{suffix}")
+
+
+def env_entries(environ: Mapping[str, str]) -> list[Entry]:
+    """``UWSGI_FASTROUTER_USE_BASE=/x`` -> ``fastrouter-use-base = /x``; unknown names become placeholders."""
+    entries = []
+    for name, value in environ.items():
+        if name.startswith("UWSGI_") and name not in RESERVED_ENV and len(name) > 6:
+            entries.append(Entry(name[6:].lower().replace("_", "-"), value, f"environment {name}"))
+    return entries
+
+
+def argv_entries(argv: Sequence[str]) -> tuple[list[Entry], list[str]]:
+    """Tokenise the command line like getopt_long, without abbreviations; returns entries and positionals."""
+    entries: list[Entry] = []
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            positional.extend(argv[i:])
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            setting = REGISTRY.lookup(name)
+            if setting is None:
+                raise _unknown_option(name)
+            if eq:
+                entries.append(Entry(name, value, "command line"))
+            elif setting.arg is not Arg.REQUIRED:
+                entries.append(Entry(name, None, "command line"))
+            elif i < len(argv) and not _is_known_long_option(argv[i]):
+                entries.append(Entry(name, argv[i], "command line"))
+                i += 1
+            else:
+                raise ConfigError(f"option --{name} requires a value (write --{name}=VALUE)")
+        elif arg.startswith("-") and len(arg) > 1:
+            i = _short_options(argv, i, arg, entries)
+        else:
+            positional.append(arg)
+    return entries, positional
+
+
+def _is_known_long_option(arg: str) -> bool:
+    return arg.startswith("--") and REGISTRY.lookup(arg[2:].partition("=")[0]) is not None
+
+
+def _short_options(argv: Sequence[str], i: int, arg: str, entries: list[Entry]) -> int:
+    """``-M``, ``-MT`` (clustered flags), ``-p4`` and ``-p 4``; returns the next argv index."""
+    letters = arg[1:]
+    for pos, letter in enumerate(letters):
+        setting = REGISTRY.by_short.get(letter)
+        if setting is None:
+            raise ConfigError(f"unknown option -{letter}")
+        if setting.arg is not Arg.REQUIRED:
+            rest = letters[pos + 1 :]
+            if setting.arg is Arg.OPTIONAL and rest:
+                entries.append(Entry(setting.name, rest, "command line"))
+                return i
+            entries.append(Entry(setting.name, None, "command line"))
+            continue
+        rest = letters[pos + 1 :]
+        if rest:
+            entries.append(Entry(setting.name, rest, "command line"))
+            return i
+        if i < len(argv) and not _is_known_long_option(argv[i]):
+            entries.append(Entry(setting.name, argv[i], "command line"))
+            return i + 1
+        raise ConfigError(f"option -{letter} (--{setting.name}) requires a value")
+    return i
+
+
+class _Expander:
+    """Expands ``ini`` entries (and positional files) in place, remembering uWSGI's 'previous file'."""
+
+    def __init__(self, warn: Callable[[str], None]) -> None:
+        self.warn = warn
+        self.previous_path: str | None = None
+        self.first_table: dict[str, str] | None = None
+        self.out: list[Entry] = []
+
+    def add(self, entries: Sequence[Entry], depth: int = 0) -> None:
+        for entry in entries:
+            self.out.append(entry)
+            if entry.key == "ini":
+                self.load_file(entry.value or "", depth)
+            elif entry.key == "set" and entry.value is not None:
+                name, eq, value = entry.value.partition("=")
+                if not eq or not name:
+                    raise ConfigError(f"--set {entry.value!r}: expected NAME=VALUE")
+                self.out.append(Entry(name, value, entry.origin))
+
+    def load_file(self, spec: str, depth: int) -> None:
+        if depth >= MAX_INI_DEPTH:
+            raise ConfigError(f"{spec}: INI files include each other more than {MAX_INI_DEPTH} levels deep")
+        source = split_ini_spec(spec, self.previous_path)
+        pairs, table = read_ini(source, self.first_table)
+        self.previous_path = source.path
+        if self.first_table is None:
+            self.first_table = table
+        origin = f"{source.path} [{source.section}]"
+        entries = []
+        for key, value in pairs:
+            if REGISTRY.lookup(key) is None:
+                hint = REGISTRY.suggest(key)
+                if hint:
+                    self.warn(f"unknown option {key!r} in {source.path} (did you mean {hint}?); kept as a placeholder")
+            entries.append(Entry(key, value, origin))
+        self.add(entries, depth + 1)
+
+    def load_positional(self, path: str) -> None:
+        if path.endswith(OTHER_FORMATS):
+            raise ConfigError(f"unable to load configuration from {path}: uwsgirouter reads INI files only")
+        if not path.endswith(".ini"):
+            raise ConfigError(f"unable to load configuration from {path}: positional arguments must be .ini files")
+        self.load_file(path, 0)
+
+
+def apply_pass(value: str, symbol: str, hook: Callable[[str], str | None]) -> str:
+    """Replace every ``<symbol>(name)`` by ``hook(name)``, leaving it as written when the hook gives None.
+
+    Parentheses nest (``%(a (b))``). As in uWSGI the scan restarts after each replacement, so results
+    are substituted too; a bound stops a value that keeps expanding into itself.
+    """
+    opener = symbol + "("
+    start = 0
+    for _ in range(MAX_SUBSTITUTIONS):
+        begin = value.find(opener, start)
+        if begin < 0:
+            return value
+        depth, pos = 0, begin + 2
+        while pos < len(value):
+            char = value[pos]
+            if char == "(":
+                depth += 1
+            elif char == ")":
+                if depth == 0:
+                    break
+                depth -= 1
+            pos += 1
+        if pos >= len(value):
+            return value
+        replacement = hook(value[begin + 2 : pos])
+        if replacement is None:
+            start = pos + 1
+            continue
+        value = value[:begin] + replacement + value[pos + 1 :]
+        start = 0
+    raise ConfigError(f"too many substitutions in {value[:60]!r} (does a value refer to itself?)")
+
+
+def _read_at_file(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+            content = handle.read()
+    except OSError:
+        return None
+    return content[:-1] if content.endswith("\n") else content
+
+
+def _placeholder(entries: Sequence[Entry]) -> Callable[[str], str | None]:
+    def first(name: str) -> str | None:
+        return first_value(entries, name)
+
+    def hook(expression: str) -> str | None:
+        return first(expression) if " " not in expression else _placeholder_math(expression, first)
+
+    return hook
+
+
+def _placeholder_math(expression: str, first: Callable[[str], str | None]) -> str:
+    """uWSGI's ``%(processes + 2)``: tokens concatenate, ``+ - * /`` apply to integers, ``++``/``--`` step."""
+    current: str | None = None
+    operator = ""
+    for token in expression.split():
+        if token in ("+", "-", "*", "/"):
+            operator = token
+            continue
+        if token in ("++", "--"):
+            if current is not None:
+                current = str(_to_int(current) + (1 if token == "++" else -1))
+            operator = ""
+            continue
+        value = token if token.lstrip("-").isdigit() else (first(token) or "")
+        if not operator:
+            current = (current or "") + value
+            continue
+        left, right = _to_int(current or "0"), _to_int(value)
+        if operator == "+":
+            current = str(left + right)
+        elif operator == "-":
+            current = str(left - right)
+        elif operator == "*":
+            current = str(left * right)
+        else:
+            current = str(int(left / right) if right else 0)
+        operator = ""
+    return current or ""
+
+
+def _to_int(text: str) -> int:
+    """strtoll: the leading integer of ``text``, 0 when there is none."""
+    text = text.strip()
+    end = 1 if text[:1] in "+-" else 0
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    try:
+        return int(text[:end])
+    except ValueError:
+        return 0
+
+
+def substitute(entries: Sequence[Entry], environ: Mapping[str, str]) -> list[Entry]:
+    """The three passes, in uWSGI's order, over every value."""
+    result = list(entries)
+    passes: list[tuple[str, Callable[[str], str | None]]] = [
+        ("$", environ.get),
+        ("@", _read_at_file),
+        ("%", _placeholder(result)),
+    ]
+    for symbol, hook in passes:
+        for index, entry in enumerate(result):
+            if entry.value is not None and symbol + "(" in entry.value:
+                result[index] = Entry(entry.key, apply_pass(entry.value, symbol, hook), entry.origin)
+    return result
+
+
+def load_entries(
+    argv: Sequence[str], environ: Mapping[str, str], warn: Callable[[str], None] | None = None
+) -> list[Entry]:
+    """Every option occurrence in uWSGI's load order, substitutions done."""
+    expander = _Expander(warn or (lambda message: print(f"uwsgirouter: {message}", file=sys.stderr)))
+    expander.add(env_entries(environ))
+    cli, positional = argv_entries(argv)
+    expander.add(cli)
+    for path in positional:
+        expander.load_positional(path)
+    return substitute(expander.out, environ)
+
+
+def load_config(argv: Sequence[str], environ: Mapping[str, str], warn: Callable[[str], None] | None = None) -> Config:
+    """Build the typed configuration; every user mistake is a one-line ``ConfigError``."""
+    entries = load_entries(argv, environ, warn)
+    config = Config(entries)
+    if config.strict:
+        for entry in entries:
+            if REGISTRY.lookup(entry.key) is None and not entry.origin.startswith("environment"):
+                raise ConfigError(f"unknown option {entry.key!r} in {entry.origin} (--strict forbids placeholders)")
+    return config

@@ -1,0 +1,63 @@
+"""Options of the master process and of configuration handling itself."""
+
+from __future__ import annotations
+
+from uwsgirouter.config.converters import KEY_VALUE, NON_EMPTY, PATH, SECONDS, TEXT
+from uwsgirouter.config.setting import Flag, Multi, Scalar
+
+
+class ProcessOptions:
+    GROUP = "Master and processes"
+
+    master = Flag(short="M", planned=True, help="Run a master that supervises and respawns the processes.")
+    reload_mercy = Scalar(
+        SECONDS, 60, planned=True, help="Seconds the master waits for processes to end on reload or stop."
+    )
+    worker_reload_mercy = Scalar(
+        SECONDS, 60, planned=True, help="Seconds one worker may take to finish its requests on reload or stop."
+    )
+    die_on_term = Flag(
+        help="Accepted for compatibility: SIGTERM always stops gracefully in uwsgirouter (uWSGI 2.0 reloads)."
+    )
+    pidfile: Scalar[str | None] = Scalar(PATH, None, planned=True, help="Write the master's pid to this file.")
+    pidfile2: Scalar[str | None] = Scalar(
+        PATH, None, planned=True, help="Write the master's pid to this file after dropping privileges."
+    )
+    daemonize: Scalar[str | None] = Scalar(
+        PATH, None, short="d", planned=True, help="Detach from the terminal and log to this file."
+    )
+    logto: Scalar[str | None] = Scalar(PATH, None, planned=True, help="Log to this file instead of stderr.")
+    uid: Scalar[str | None] = Scalar(NON_EMPTY, None, planned=True, help="Drop privileges to this user.")
+    gid: Scalar[str | None] = Scalar(NON_EMPTY, None, planned=True, help="Drop privileges to this group.")
+    chdir: Scalar[str | None] = Scalar(PATH, None, planned=True, help="Change to this directory at start.")
+    vacuum = Flag(planned=True, help="Remove the UNIX sockets and the pidfile at exit.")
+    reload: Scalar[str | None] = Scalar(
+        PATH, None, planned=True, help="Gracefully reload the instance whose pid is in this file, then exit."
+    )
+    stop: Scalar[str | None] = Scalar(
+        PATH, None, planned=True, help="Stop the instance whose pid is in this file (SIGINT), then exit."
+    )
+    master_fifo = Multi(PATH, planned=True, help="Control the master through this FIFO (uWSGI's commands).")
+    auto_procname = Flag(planned=True, help="Name processes 'uwsgirouter master', 'uwsgirouter fastrouter 1', ...")
+    procname_prefix = Scalar(TEXT, "", planned=True, help="Prefix for every process name.")
+    procname_prefix_spaced = Scalar(TEXT, "", planned=True, help="Prefix for every process name, then a space.")
+    procname_append = Scalar(TEXT, "", planned=True, help="Suffix for every process name.")
+    procname: Scalar[str | None] = Scalar(NON_EMPTY, None, planned=True, help="Name of every process.")
+    procname_master: Scalar[str | None] = Scalar(NON_EMPTY, None, planned=True, help="Name of the master process.")
+    stats_http = Flag(planned=True, help="Prefix the stats server's JSON with HTTP response headers.")
+
+
+class ConfigOptions:
+    GROUP = "Configuration"
+
+    ini = Multi(
+        PATH,
+        help="Read options from the [uwsgi] section of an INI file (file.ini:section for another), in place.",
+    )
+    set = Multi(KEY_VALUE, short="S", help="Set an option or a placeholder: NAME=VALUE, usable as %(NAME).")
+    strict = Flag(help="Refuse unknown keys in INI files and the environment instead of keeping them as placeholders.")
+    get = Multi(NON_EMPTY, help="Print the first value of this option and exit. Repeatable.")
+    show_config = Flag(help="Print the configuration as an INI [uwsgi] section, then go on.")
+    dry_run = Flag(help="Check the whole configuration and exit: nothing printed and exit 0 when it is valid.")
+    help = Flag(short="h", aliases=["usage"], help="Show this help and exit.")
+    version = Flag(help="Print the version and exit.")
