@@ -85,7 +85,7 @@ def render_options_markdown() -> str:
     out = [
         "# uwsgirouter options",
         "",
-        f"Generated from the setting declarations of uwsgirouter {__version__} by `scripts/build-options-doc`;"
+        f"Generated from the setting declarations of uwsgirouter {__version__} by `scripts/build_options_doc.py`;"
         " do not edit by hand.",
         "",
         "Every option can be given three ways, exactly as in uWSGI:",
