@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from uwsgirouter.config import Config
-from uwsgirouter.errors import HaltServer
+from uwsgirouter.logs import setup_logging
+from uwsgirouter.master import run_master
 
 
 def run(config: Config) -> int:
-    raise HaltServer("serving is not implemented yet in this version; use --dry-run to check a configuration", 1)
+    setup_logging(config.logto)
+    return run_master(config)

@@ -103,7 +103,7 @@ class ConnectionClosed:
 class RequestReader:
     """Turn the bytes of one client connection into request events (see the module docstring)."""
 
-    __slots__ = ("_body", "_buf", "_eof", "_error", "_head_done", "_max_vars_size", "_size")
+    __slots__ = ("_body", "_buf", "_eof", "_error", "_error_reported", "_head_done", "_max_vars_size", "_size")
 
     def __init__(self, max_vars_size: int = MAX_VARS_SIZE) -> None:
         """``max_vars_size`` bounds the vars block (uWSGI workers use ``--buffer-size``, default 4096).
@@ -122,6 +122,7 @@ class RequestReader:
         self._eof = False
         self._head_done = False
         self._error: RemoteProtocolError | None = None
+        self._error_reported = False
 
     @property
     def head_complete(self) -> bool:
@@ -160,13 +161,12 @@ class RequestReader:
         if self._size < 0 and len(buf) >= HEADER_SIZE:
             size = buf[1] | buf[2] << 8
             if size > self._max_vars_size:
-                self._fail(
-                    RemoteProtocolError(
-                        f"vars block of {size} bytes is over the limit of {self._max_vars_size}",
-                        error_status_hint=431,
-                    )
+                # Stop buffering now; the next call reports it, as next_event reports every other error.
+                self._buf = b""
+                self._error = RemoteProtocolError(
+                    f"vars block of {size} bytes is over the limit of {self._max_vars_size}", error_status_hint=431
                 )
-                return  # reported by the next call, like every other protocol error
+                return
             self._size = size
 
     def next_event(self) -> RequestHead | Body | EndOfInput | ConnectionClosed | NeedData:
@@ -214,16 +214,21 @@ class RequestReader:
         return RequestHead(raw[0], raw[3], tuple(pairs), raw)
 
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
-        """Enter the error state: drop the buffers and remember why."""
+        """Enter the error state (dropping the buffers) and return ``exc`` for the caller to raise."""
         self._error = exc
+        self._error_reported = True
         self._buf = b""
-        self._body = []
         return exc
 
     def _error_again(self) -> RemoteProtocolError:
-        assert self._error is not None
+        """The error to raise in the error state: the original once, then one that says so."""
+        error = self._error
+        assert error is not None
+        if not self._error_reported:
+            self._error_reported = True
+            return error
         return RemoteProtocolError(
-            f"request reader is in the error state: {self._error}", error_status_hint=self._error.error_status_hint
+            f"request reader is in the error state: {error}", error_status_hint=error.error_status_hint
         )
 
 

@@ -78,29 +78,30 @@ def _show(value: bytes) -> str:
     return repr(value)
 
 
-def _name(values: dict[bytes, bytes], var: bytes) -> bytes:
+def _name(values: dict[bytes, bytes], var: str) -> bytes:
     """Return the required ``key``/``address`` var, checked for presence and length."""
-    value = values.get(var)
+    value = values.get(var.encode())
     if not value:
-        raise RemoteProtocolError(f"subscription: missing or empty {var.decode()}")
+        raise RemoteProtocolError(f"subscription: missing or empty {var}")
     if len(value) > MAX_NAME_SIZE:
         raise RemoteProtocolError(
-            f"subscription: {var.decode()} of {len(value)} bytes is longer than {MAX_NAME_SIZE}: {_show(value)}"
+            f"subscription: {var} of {len(value)} bytes is longer than {MAX_NAME_SIZE}: {_show(value)}"
         )
     return value
 
 
-def _number(var: bytes, value: bytes, maximum: int) -> int:
-    """Parse a decimal var; empty means 0 (uWSGI's reading of an empty number)."""
+def _number(values: dict[bytes, bytes], var: str, maximum: int) -> int:
+    """Parse a decimal var; absent or empty means 0 (as uWSGI reads an empty number)."""
+    value = values.get(var.encode())
     if not value:
         return 0
     if not value.isdigit():  # bytes.isdigit() accepts ASCII digits only
-        raise RemoteProtocolError(f"subscription: {var.decode()} is not a decimal number: {_show(value)}")
+        raise RemoteProtocolError(f"subscription: {var} is not a decimal number: {_show(value)}")
     digits = value.lstrip(b"0") or b"0"
     # The length test keeps int() away from huge strings (and its 4300-digit limit).
     number = int(digits) if len(digits) <= _MAX_U64_DIGITS else maximum + 1
     if number > maximum:
-        raise RemoteProtocolError(f"subscription: {var.decode()} is out of range 0..{maximum}: {_show(value)}")
+        raise RemoteProtocolError(f"subscription: {var} is out of range 0..{maximum}: {_show(value)}")
     return number
 
 
@@ -126,8 +127,8 @@ def decode_subscription(datagram: bytes) -> Subscription:
     values = dict(pairs)  # duplicates: last wins, as in uWSGI
     get = values.get
 
-    key = _name(values, b"key")
-    address = _name(values, b"address")
+    key = _name(values, "key")
+    address = _name(values, "address")
     notify = get(b"notify")
     if notify is not None and len(notify) > MAX_NOTIFY_SIZE:
         raise RemoteProtocolError(
@@ -139,19 +140,18 @@ def decode_subscription(datagram: bytes) -> Subscription:
         if pairs[-1][0] != b"sign" or any(name == b"sign" for name, _ in pairs[:-1]):
             raise RemoteProtocolError("subscription: sign must be the last var, and appear once")
         signed_data = datagram[HEADER_SIZE : size - _SIGN_RECORD_OVERHEAD - len(sign)]
-    unix = get(b"unix")
 
     return Subscription(
         key=key,
         address=address,
         command=Command.SUBSCRIBE if datagram[3] == 0 else Command.UNSUBSCRIBE,
-        modifier1=_number(b"modifier1", get(b"modifier1", b""), _MAX_U8),
-        modifier2=_number(b"modifier2", get(b"modifier2", b""), _MAX_U8),
-        cores=_number(b"cores", get(b"cores", b""), _MAX_U64),
-        load=_number(b"load", get(b"load", b""), _MAX_U64),
-        weight=_number(b"weight", get(b"weight", b""), _MAX_U64),
+        modifier1=_number(values, "modifier1", _MAX_U8),
+        modifier2=_number(values, "modifier2", _MAX_U8),
+        cores=_number(values, "cores", _MAX_U64),
+        load=_number(values, "load", _MAX_U64),
+        weight=_number(values, "weight", _MAX_U64),
         notify=notify,
-        unix=None if unix is None else _number(b"unix", unix, _MAX_U64),
+        unix=_number(values, "unix", _MAX_U64) if b"unix" in values else None,
         sign=sign,
         signed_data=signed_data,
         sni_key=get(b"sni_key"),

@@ -1,0 +1,41 @@
+"""Logging in uWSGI's spirit: one line per event, naming the process it comes from."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+LOG_FORMAT = "%(asctime)s [%(label)s] %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+_label = "master"
+
+
+class _LabelFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.label = _label
+        return True
+
+
+def set_process_label(label: str) -> None:
+    """Name this process in every later line ('master', 'fastrouter 1', 'worker 2')."""
+    global _label
+    _label = label
+
+
+def setup_logging(logto: str | None = None) -> None:
+    """Log to stderr, or append to ``logto``; replaces any handler set before (idempotent)."""
+    handler: logging.Handler
+    if logto:
+        handler = logging.FileHandler(logto, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    handler.addFilter(_LabelFilter())
+    root = logging.getLogger("uwsgirouter")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False

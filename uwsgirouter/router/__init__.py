@@ -1,0 +1,1 @@
+"""The router worker: accepts uwsgi requests, picks a node by key and relays both directions."""

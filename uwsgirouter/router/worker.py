@@ -1,0 +1,225 @@
+"""The router worker process: one epoll loop serving every listener and session.
+
+Chosen over asyncio (and uvloop) because the per-request path is a handful of syscalls and a few dict
+lookups: accept, recv the head, connect, send, relay, close, with no task, future or callback objects
+in between. The loop reads the clock once per wakeup; timeouts are swept once a second.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+from uwsgirouter.config import Config
+from uwsgirouter.router.mappers import Mapper, static_nodes
+from uwsgirouter.router.nodes import Node
+from uwsgirouter.router.session import Session
+from uwsgirouter.sock import Listener
+
+log = logging.getLogger("uwsgirouter.router")
+
+EPOLLIN = select.EPOLLIN
+SWEEP_INTERVAL_S = 1.0
+ACCEPT_BURST = 64
+#: Descriptors kept free for logging, the stats server and the like when sizing the session cap.
+SPARE_FDS = 16
+#: After EMFILE/ENFILE on accept, wait this long before accepting again (never spin).
+ACCEPT_PAUSE_S = 0.1
+
+
+def fd_session_limit(baseline_fds: int) -> int:
+    """Sessions that can each have a client and a backend descriptor within RLIMIT_NOFILE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, (soft - baseline_fds - SPARE_FDS) // 2)
+
+
+class RouterWorker:
+    """Accepts on the listeners, runs sessions, stops accepting at the event cap, drains on SIGTERM."""
+
+    def __init__(self, config: Config, listeners: Sequence[Listener], mapper: Mapper, number: int = 1) -> None:
+        self.number = number
+        self.listeners = list(listeners)
+        self.mapper = mapper
+        self.read_size = config.fastrouter_buffer_size
+        self.high_water = config.fastrouter_buffer_size
+        self.timeout = float(config.fastrouter_timeout)
+        self.max_retries = config.fastrouter_max_retries
+        self.fallbacks: list[Node] = static_nodes(config.fastrouter_fallback)
+        self.fallback_on_no_key = config.fastrouter_fallback_on_no_key
+        self.force_key = (config.fastrouter_force_key or "").encode("utf-8", "surrogateescape")
+        self.quiet = config.fastrouter_quiet
+        self.mercy = float(config.worker_reload_mercy)
+        self.max_sessions = config.fastrouter_events
+        self.ep = select.epoll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.sessions: set[Session] = set()
+        self.now = time.monotonic()
+        self.accepting = False
+        self.accept_paused_until = 0.0
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit_now = False
+        self.parent_pid = os.getppid()
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- registration helpers used by sessions ---------------------------------------------------
+
+    def add_backend(self, session: Session) -> None:
+        self.handlers[session.bfd] = session.on_backend
+        session.bmask = select.EPOLLOUT
+        self.ep.register(session.bfd, select.EPOLLOUT)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.ep.modify(fd, mask)
+
+    def remove_fd(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except OSError:
+                pass
+
+    def session_ended(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if session.node is not None:
+            self.mapper.done(session.node)
+        if not self.accepting and not self.stopping:
+            self._resume_accepting()
+
+    # -- accepting -------------------------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BURST):
+            if len(self.sessions) >= self.max_sessions:
+                self._pause_accepting()
+                return
+            try:
+                client, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("cannot accept a connection: %s; pausing accepts briefly", exc.strerror)
+                    self._pause_accepting(ACCEPT_PAUSE_S)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                raise
+            client.setblocking(False)
+            session = Session(self, client)
+            self.sessions.add(session)
+            fd = session.cfd
+            self.handlers[fd] = session.on_client
+            self.ep.register(fd, EPOLLIN)
+            # With deferred accept the request is usually already here: read it without a poll round.
+            session.on_client(EPOLLIN)
+
+    def _pause_accepting(self, pause: float = 0.0) -> None:
+        if self.accepting:
+            for listener in self.listeners:
+                self.ep.modify(listener.fileno(), 0)
+            self.accepting = False
+        if pause:
+            self.accept_paused_until = self.now + pause
+
+    def _resume_accepting(self) -> None:
+        if self.accepting or self.stopping or self.now < self.accept_paused_until:
+            return
+        if len(self.sessions) >= self.max_sessions:
+            return
+        for listener in self.listeners:
+            self.ep.modify(listener.fileno(), EPOLLIN)
+        self.accepting = True
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        """Only record; the loop acts on it."""
+        if signum == signal.SIGTERM:
+            self.stopping = True
+        else:
+            self.exit_now = True
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self._on_signal)
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _drain_wakeup(self, events: int) -> None:
+        try:
+            while os.read(self._wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until told to stop; returns the process exit status."""
+        self._install_signals()
+        baseline = len(os.listdir("/proc/self/fd"))
+        self.max_sessions = min(self.max_sessions, fd_session_limit(baseline))
+        self.handlers[self._wakeup_r] = self._drain_wakeup
+        self.ep.register(self._wakeup_r, EPOLLIN)
+        for listener in self.listeners:
+            sock = listener.sock
+            self.handlers[listener.fileno()] = lambda events, sock=sock: self._accept(sock)  # type: ignore[misc]
+            self.ep.register(listener.fileno(), EPOLLIN)
+        self.accepting = True
+        next_sweep = self.now + SWEEP_INTERVAL_S
+        handlers = self.handlers
+        poll = self.ep.poll
+        while not self.exit_now:
+            for fd, events in poll(SWEEP_INTERVAL_S if self.accepting else ACCEPT_PAUSE_S, 512):
+                handler = handlers.get(fd)
+                if handler is not None:
+                    handler(events)
+            self.now = now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_INTERVAL_S
+                self._sweep()
+            if not self.accepting and not self.stopping:
+                self._resume_accepting()
+            if self.stopping and self._drained():
+                break
+        self._close_all()
+        return 0
+
+    def _sweep(self) -> None:
+        """Once a second: idle sessions time out; a worker whose master died leaves."""
+        deadline = self.now - self.timeout
+        for session in [s for s in self.sessions if s.last_active < deadline]:
+            session.timed_out()
+        if os.getppid() != self.parent_pid:
+            log.error("the master process is gone; router %d exits", self.number)
+            self.exit_now = True
+
+    def _drained(self) -> bool:
+        if not self.stop_deadline:
+            self.stop_deadline = self.now + self.mercy
+            self._pause_accepting()
+            log.info("router %d: graceful stop, %d session(s) in flight", self.number, len(self.sessions))
+        if not self.sessions:
+            return True
+        if self.now >= self.stop_deadline:
+            log.warning(
+                "router %d: %d session(s) cut after %.0f s of mercy", self.number, len(self.sessions), self.mercy
+            )
+            return True
+        return False
+
+    def _close_all(self) -> None:
+        for session in list(self.sessions):
+            session._finish()
+        self.ep.close()
