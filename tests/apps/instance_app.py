@@ -1,0 +1,25 @@
+"""WSGI app for interop tests: answers with its instance name; /big, /sleep, POST echo a checksum."""
+
+import hashlib
+import os
+import time
+
+
+def application(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    instance = os.environ.get("INSTANCE", "?")
+    if environ.get("REQUEST_METHOD") == "POST":
+        data = environ["wsgi.input"].read()
+        body = f"instance={instance} len={len(data)} md5={hashlib.md5(data).hexdigest()}\n".encode()
+    elif path.startswith("/bytes/"):
+        body = b"x" * int(path.split("/")[2])
+    elif path.startswith("/sleep/"):
+        time.sleep(float(path.split("/")[2]))
+        body = f"instance={instance} slept\n".encode()
+    else:
+        body = (
+            f"instance={instance} host={environ.get('HTTP_HOST', '')} "
+            f"modifier1={environ.get('uwsgi.modifier1', '')}\n"
+        ).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -1,0 +1,292 @@
+"""Helpers for tests that run real processes: ports, polling, process groups, a raw uwsgi client.
+
+Every process is started in its own session and its whole group is killed at teardown; nothing is
+left running. Output goes to files in the test's tmp_path (never an undrained pipe).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+UWSGI = shutil.which("uwsgi", path=str(VENV_BIN)) or shutil.which("uwsgi")
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+WRK = shutil.which("wrk")
+APPS = REPO / "tests" / "apps"
+ROUTER = [sys.executable, "-m", "uwsgirouter"]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+Address = tuple[str, int] | str | bytes
+
+
+def connect(address: Address, timeout: float = 10.0) -> socket.socket:
+    family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def can_connect(address: Address) -> bool:
+    try:
+        connect(address, 1.0).close()
+    except OSError:
+        return False
+    return True
+
+
+def encode_vars(pairs: Mapping[str, str] | Sequence[tuple[str, str]]) -> bytes:
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    out = bytearray()
+    for key, value in items:
+        k, v = key.encode(), value.encode("utf-8", "surrogateescape")
+        out += struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v
+    return bytes(out)
+
+
+def uwsgi_packet(pairs: Mapping[str, str] | Sequence[tuple[str, str]], modifier1: int = 0, modifier2: int = 0) -> bytes:
+    block = encode_vars(pairs)
+    return struct.pack("<BHB", modifier1, len(block), modifier2) + block
+
+
+def request_vars(host: str = "example.com", path: str = "/", method: str = "GET", body_len: int = 0,
+                 **extra: str) -> dict[str, str]:
+    env = {
+        "REQUEST_METHOD": method,
+        "REQUEST_URI": path,
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "50000",
+        "CONTENT_LENGTH": str(body_len) if body_len else "",
+    }
+    if host:
+        env["HTTP_HOST"] = host
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Response:
+    raw: bytes
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Response:
+        head, sep, body = raw.partition(b"\r\n\r\n")
+        if not sep:
+            return cls(raw)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return cls(raw, status, headers, body)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def uwsgi_request(address: Address, vars: Mapping[str, str] | None = None, body: bytes = b"", *,
+                  modifier1: int = 0, modifier2: int = 0, timeout: float = 10.0, half_close: bool = False) -> Response:
+    """Send one uwsgi request and read the raw HTTP response until the server closes."""
+    pairs = vars if vars is not None else request_vars(body_len=len(body))
+    with connect(address, timeout) as sock:
+        sock.sendall(uwsgi_packet(pairs, modifier1, modifier2) + body)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        return Response.parse(read_all(sock))
+
+
+class Proc:
+    """A process in its own session; ``stop`` kills the whole group and waits for it."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=full_env, cwd=cwd, start_new_session=True,
+        )
+        self.pid = self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.popen.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """TERM the group, then KILL it; reap; close the log."""
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                break
+            try:
+                self.popen.wait(timeout if signum == signal.SIGTERM else 5.0)
+                # the leader is gone; make sure no member of its group lingers
+                os.killpg(self.pid, signal.SIGKILL)
+            except subprocess.TimeoutExpired:
+                continue
+            except (ProcessLookupError, PermissionError):
+                pass
+            break
+        if self.popen.poll() is None:
+            self.popen.wait(5.0)
+        self._log.close()
+
+
+class ProcessManager:
+    """Starts processes for one test and stops all of them at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[Proc] = []
+        self._count = 0
+
+    def start(self, argv: Sequence[str], name: str = "proc", env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> Proc:
+        self._count += 1
+        proc = Proc(argv, self.tmp_path / f"{self._count:02d}-{name}.log", env, cwd or self.tmp_path)
+        self.procs.append(proc)
+        return proc
+
+    def router(self, *args: str, wait_for: Address | None = None, env: Mapping[str, str] | None = None) -> Proc:
+        """Start ``uwsgirouter ARGS``; wait until ``wait_for`` accepts connections."""
+        proc = self.start([*ROUTER, *args], "uwsgirouter", env)
+        if wait_for is not None:
+            wait_until(lambda: can_connect(wait_for) or not proc.alive(), 15, what=f"uwsgirouter on {wait_for}")
+            assert proc.alive(), proc.log()
+        return proc
+
+    def uwsgi_backend(self, socket_arg: str, instance: str, *args: str, wait_for: Address | None = None) -> Proc:
+        """A real uWSGI 2.0.31 instance serving tests/apps/instance_app.py, answering with its name."""
+        assert UWSGI, "uWSGI 2.0.31 is not installed (scripts/install)"
+        argv = [UWSGI, "--socket", socket_arg, "--wsgi-file", str(APPS / "instance_app.py"), "--master",
+                "--processes", "2", "--disable-logging", "--die-on-term", *args]
+        proc = self.start(argv, f"uwsgi-{instance}", {"INSTANCE": instance})
+        if wait_for is not None:
+            wait_until(lambda: can_connect(wait_for) or not proc.alive(), 15, what=f"uWSGI {instance}")
+            assert proc.alive(), proc.log()
+        return proc
+
+    def nginx(self, uwsgi_pass: str, port: int) -> Proc:
+        """Real nginx on 127.0.0.1:port with ``uwsgi_pass`` to the router, logs in tmp_path."""
+        assert NGINX, "nginx is not installed (scripts/install)"
+        conf_dir = self.tmp_path / f"nginx-{port}"
+        conf_dir.mkdir()
+        conf = conf_dir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=conf_dir, port=port, uwsgi_pass=uwsgi_pass))
+        proc = self.start([NGINX, "-p", str(conf_dir), "-c", str(conf), "-e", str(conf_dir / "error.log")], "nginx")
+        wait_until(lambda: can_connect(("127.0.0.1", port)) or not proc.alive(), 15, what="nginx")
+        assert proc.alive(), (conf_dir / "error.log").read_text() if (conf_dir / "error.log").exists() else proc.log()
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        leftovers = [p for proc in self.procs for p in proc.children() if p.is_running()]
+        assert not leftovers, f"processes survived teardown: {leftovers}"
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 2048; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    client_max_body_size 64m;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        location / {{
+            include /etc/nginx/uwsgi_params;
+            uwsgi_pass {uwsgi_pass};
+            uwsgi_read_timeout 30s;
+        }}
+    }}
+}}
+"""
+
+
+def http_get(port: int, path: str = "/", host: str = "example.com", method: str = "GET", body: bytes = b"",
+             timeout: float = 15.0) -> Response:
+    """A minimal HTTP/1.0 client (Connection: close) for requests through nginx."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        head = f"{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        sock.sendall(head + body)
+        return Response.parse(read_all(sock))
