@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 
+from uwsgirouter.address import SharedSocketRef
 from uwsgirouter.config import Config
 from uwsgirouter.errors import HaltServer
 from uwsgirouter.logs import set_process_label
@@ -53,6 +54,11 @@ class Master:
             self.listeners.append(listener)
             log.info("fastrouter bound on %s fd %d", listener.name, listener.fileno())
 
+    def socket_names(self) -> list[str]:
+        """Names of this instance's ``--socket`` addresses (``=N`` resolved), for --fastrouter-use-socket."""
+        shared = [*self.config.shared_socket, *self.config.undeferred_shared_socket]
+        return [str(shared[a.index]) if isinstance(a, SharedSocketRef) else str(a) for a in self.config.socket]
+
     def _on_signal(self, signum: int, frame: object) -> None:
         self.pending.append(signum)
 
@@ -78,7 +84,7 @@ class Master:
         if not self.config.fastrouter:
             raise HaltServer("nothing to run: give at least one --fastrouter ADDR", 1)
         self.bind()
-        mapper = build_mapper(self.config) or NoMapper()
+        mapper = build_mapper(self.config, self.socket_names()) or NoMapper()
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._on_signal)

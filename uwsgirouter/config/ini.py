@@ -26,6 +26,8 @@ class IniSource:
 
     path: str
     section: str
+    #: the section as spelled after ':' ('' when none was named): what ``%x`` expands to
+    named_section: str = ""
 
 
 def split_ini_spec(spec: str, previous_path: str | None) -> IniSource:
@@ -37,7 +39,7 @@ def split_ini_spec(spec: str, previous_path: str | None) -> IniSource:
         if previous_path is None:
             raise ConfigError(f"--ini {spec}: ':section' needs an INI file named before it")
         path = previous_path
-    return IniSource(path, section or DEFAULT_SECTION)
+    return IniSource(path, section or DEFAULT_SECTION, section)
 
 
 def _djb33x(data: bytes) -> int:
@@ -68,7 +70,7 @@ def magic_table(source: IniSource, first: dict[str, str] | None = None) -> dict[
         "c": parts[-1] if parts else "",
         "e": extension,
         "n": stem,
-        "x": source.section if source.section != DEFAULT_SECTION else "",
+        "x": source.named_section,
         "i": inode,
         "j": _djb33x(full.encode()).to_bytes(4, "little").hex(),
         "v": os.getcwd(),

@@ -142,7 +142,7 @@ class _Expander:
         entries = []
         for key, value in pairs:
             if REGISTRY.lookup(key) is None:
-                hint = REGISTRY.suggest(key)
+                hint = REGISTRY.suggest(key, cutoff=0.88)
                 if hint:
                     self.warn(f"unknown option {key!r} in {source.path} (did you mean {hint}?); kept as a placeholder")
             entries.append(Entry(key, value, origin))
@@ -189,12 +189,13 @@ def apply_pass(value: str, symbol: str, hook: Callable[[str], str | None]) -> st
     raise ConfigError(f"too many substitutions in {value[:60]!r} (does a value refer to itself?)")
 
 
-def _read_at_file(path: str) -> str | None:
+def _read_at_file(path: str) -> str:
+    """``@(path)``: the file's content minus one trailing newline; a missing file stops, as in uWSGI."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             content = handle.read()
-    except OSError:
-        return None
+    except OSError as exc:
+        raise ConfigError(f"@({path}): {exc.strerror or exc}") from None
     return content[:-1] if content.endswith("\n") else content
 
 
@@ -284,6 +285,6 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str], warn: Callable[
     config = Config(entries)
     if config.strict:
         for entry in entries:
-            if REGISTRY.lookup(entry.key) is None and not entry.origin.startswith("environment"):
+            if REGISTRY.lookup(entry.key) is None:
                 raise ConfigError(f"unknown option {entry.key!r} in {entry.origin} (--strict forbids placeholders)")
     return config

@@ -49,8 +49,10 @@ class Config(
         return first_value(self.entries, name)
 
     def given(self, name: str) -> bool:
-        """Whether the option was given at all (under any of its names)."""
+        """Whether ``name`` was given at all: an option under any of its names, or a placeholder."""
         setting = REGISTRY.lookup(name)
+        if setting is None:
+            return any(e.key == name for e in self.entries)
         return any(REGISTRY.lookup(e.key) is setting for e in self.entries)
 
 
@@ -87,9 +89,9 @@ class Registry:
     def lookup(self, name: str) -> Setting[Any] | None:
         return self.by_name.get(name)
 
-    def suggest(self, name: str) -> str | None:
+    def suggest(self, name: str, cutoff: float = 0.75) -> str | None:
         """The closest known option name, for 'did you mean' hints."""
-        matches = difflib.get_close_matches(name, list(self.by_name), n=1, cutoff=0.75)
+        matches = difflib.get_close_matches(name, list(self.by_name), n=1, cutoff=cutoff)
         return matches[0] if matches else None
 
 
