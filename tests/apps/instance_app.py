@@ -18,8 +18,7 @@ def application(environ, start_response):
         body = f"instance={instance} slept\n".encode()
     else:
         body = (
-            f"instance={instance} host={environ.get('HTTP_HOST', '')} "
-            f"modifier1={environ.get('uwsgi.modifier1', '')}\n"
+            f"instance={instance} host={environ.get('HTTP_HOST', '')} modifier1={environ.get('uwsgi.modifier1', '')}\n"
         ).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
