@@ -27,6 +27,8 @@ log = logging.getLogger("uwsgirouter.router")
 
 EPOLLIN = select.EPOLLIN
 SWEEP_INTERVAL_S = 1.0
+#: How often the loop tells the master it is alive (--fastrouter-harakiri compares against it).
+BEAT_INTERVAL_S = 0.5
 ACCEPT_BURST = 64
 #: Descriptors kept free for logging, the stats server and the like when sizing the session cap.
 SPARE_FDS = 16
@@ -45,8 +47,16 @@ def fd_session_limit(baseline_fds: int) -> int:
 class RouterWorker:
     """Accepts on the listeners, runs sessions, stops accepting at the event cap, drains on SIGTERM."""
 
-    def __init__(self, config: Config, listeners: Sequence[Listener], mapper: Mapper, number: int = 1) -> None:
+    def __init__(
+        self,
+        config: Config,
+        listeners: Sequence[Listener],
+        mapper: Mapper,
+        number: int = 1,
+        beat: Callable[[], None] | None = None,
+    ) -> None:
         self.number = number
+        self.beat = beat or (lambda: None)
         self.listeners = list(listeners)
         self.mapper = mapper
         self.read_size = config.fastrouter_buffer_size
@@ -66,6 +76,7 @@ class RouterWorker:
         self.accepting = False
         self.accept_paused_until = 0.0
         self.stopping = False
+        self.shutting_down = False
         self.stop_deadline = 0.0
         self.exit_now = False
         self.parent_pid = os.getppid()
@@ -73,26 +84,22 @@ class RouterWorker:
 
     # -- registration helpers used by sessions ---------------------------------------------------
 
-    def add_backend(self, session: Session) -> None:
+    def add_backend(self, session: Session, mask: int) -> None:
         self.handlers[session.bfd] = session.on_backend
-        session.bmask = select.EPOLLOUT
-        self.ep.register(session.bfd, select.EPOLLOUT)
+        self.ep.register(session.bfd, mask)
 
     def modify(self, fd: int, mask: int) -> None:
         self.ep.modify(fd, mask)
 
     def remove_fd(self, fd: int) -> None:
-        if self.handlers.pop(fd, None) is not None:
-            try:
-                self.ep.unregister(fd)
-            except OSError:
-                pass
+        """Forget ``fd``, which the caller closes next: closing removes it from epoll, no syscall needed."""
+        self.handlers.pop(fd, None)
 
     def session_ended(self, session: Session) -> None:
         self.sessions.discard(session)
         if session.node is not None:
             self.mapper.done(session.node)
-        if not self.accepting and not self.stopping:
+        if not self.accepting:
             self._resume_accepting()
 
     # -- accepting -------------------------------------------------------------------------------
@@ -114,7 +121,6 @@ class RouterWorker:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue
                 raise
-            client.setblocking(False)
             session = Session(self, client)
             self.sessions.add(session)
             fd = session.cfd
@@ -132,7 +138,7 @@ class RouterWorker:
             self.accept_paused_until = self.now + pause
 
     def _resume_accepting(self) -> None:
-        if self.accepting or self.stopping or self.now < self.accept_paused_until:
+        if self.accepting or (self.stopping and not self.shutting_down) or self.now < self.accept_paused_until:
             return
         if len(self.sessions) >= self.max_sessions:
             return
@@ -143,17 +149,24 @@ class RouterWorker:
     # -- signals ---------------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        """Only record; the loop acts on it."""
-        if signum == signal.SIGTERM:
+        """Only record; the loop acts on it.
+
+        SIGUSR2 (from the master, on reload): retire: stop accepting, finish in-flight sessions.
+        SIGTERM (graceful stop): keep accepting but answer 503 (D1), finish in-flight sessions.
+        SIGINT, SIGQUIT: leave at once.
+        """
+        if signum == signal.SIGUSR2:
             self.stopping = True
+        elif signum == signal.SIGTERM:
+            self.stopping = self.shutting_down = True
         else:
             self.exit_now = True
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2):
             signal.signal(signum, self._on_signal)
-        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
             signal.signal(signum, signal.SIG_IGN)
 
     def _drain_wakeup(self, events: int) -> None:
@@ -177,7 +190,9 @@ class RouterWorker:
             self.handlers[listener.fileno()] = lambda events, sock=sock: self._accept(sock)  # type: ignore[misc]
             self.ep.register(listener.fileno(), EPOLLIN)
         self.accepting = True
+        self.beat()
         next_sweep = self.now + SWEEP_INTERVAL_S
+        next_beat = self.now + BEAT_INTERVAL_S
         handlers = self.handlers
         poll = self.ep.poll
         while not self.exit_now:
@@ -186,10 +201,13 @@ class RouterWorker:
                 if handler is not None:
                     handler(events)
             self.now = now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + BEAT_INTERVAL_S
+                self.beat()
             if now >= next_sweep:
                 next_sweep = now + SWEEP_INTERVAL_S
                 self._sweep()
-            if not self.accepting and not self.stopping:
+            if not self.accepting:
                 self._resume_accepting()
             if self.stopping and self._drained():
                 break
@@ -202,20 +220,23 @@ class RouterWorker:
         for session in [s for s in self.sessions if s.last_active < deadline]:
             session.timed_out()
         if os.getppid() != self.parent_pid:
-            log.error("the master process is gone; router %d exits", self.number)
+            log.error("the master process is gone; exiting")
             self.exit_now = True
 
     def _drained(self) -> bool:
         if not self.stop_deadline:
             self.stop_deadline = self.now + self.mercy
-            self._pause_accepting()
-            log.info("router %d: graceful stop, %d session(s) in flight", self.number, len(self.sessions))
-        if not self.sessions:
+            if not self.shutting_down:
+                self._pause_accepting()
+            log.info(
+                "%s, %d session(s) in flight",
+                "graceful stop (new requests get 503)" if self.shutting_down else "retiring (reload)",
+                len(self.sessions),
+            )
+        if not any(s.node is not None for s in self.sessions):
             return True
         if self.now >= self.stop_deadline:
-            log.warning(
-                "router %d: %d session(s) cut after %.0f s of mercy", self.number, len(self.sessions), self.mercy
-            )
+            log.warning("%d session(s) cut after %.0f s of mercy", len(self.sessions), self.mercy)
             return True
         return False
 
