@@ -3,6 +3,8 @@
 The segment is an anonymous shared ``mmap`` created by the master before it forks, so every worker
 inherits it and nothing needs unlinking. Each slot is written by one worker only; a sequence number
 written before and after the data (odd while writing) lets the master detect and retry a torn read.
+The sequence is always stored and loaded as one 8-byte word of its own, before and after the data:
+a multi-word copy may move its parts in any order.
 Times are ``time.monotonic()`` values, which CLOCK_MONOTONIC makes comparable across processes.
 """
 
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 # seq, pid, last beat, busy since (0 = idle), requests served
 _SLOT = struct.Struct("=QqddQ")
+_SEQ = struct.Struct("=Q")
+_DATA = struct.Struct("=qddQ")
 SLOT_SIZE = _SLOT.size
 _READ_TRIES = 100
 
@@ -38,19 +42,22 @@ class HeartbeatTable:
         """Record that the worker in ``slot`` is alive at ``now`` (and busy since ``busy_since``)."""
         seq = self._seq[slot] + 1
         offset = slot * SLOT_SIZE
-        self._map[offset : offset + 8] = struct.pack("=Q", seq)
-        _SLOT.pack_into(self._map, offset, seq, pid, now, busy_since, requests)
+        _SEQ.pack_into(self._map, offset, seq)  # odd, on its own: a write is under way
+        _DATA.pack_into(self._map, offset + 8, pid, now, busy_since, requests)
         self._seq[slot] = seq + 1
-        _SLOT.pack_into(self._map, offset, seq + 1, pid, now, busy_since, requests)
+        _SEQ.pack_into(self._map, offset, seq + 1)
 
     def read(self, slot: int) -> Beat | None:
         """The slot's latest complete beat, None if it was never written (or keeps being torn)."""
         offset = slot * SLOT_SIZE
         for _ in range(_READ_TRIES):
-            seq, pid, last, busy, requests = _SLOT.unpack_from(self._map, offset)
+            (seq,) = _SEQ.unpack_from(self._map, offset)  # alone and first: see the module docstring
             if seq == 0:
                 return None
-            if seq % 2 == 0 and struct.unpack_from("=Q", self._map, offset)[0] == seq:
+            if seq % 2:
+                continue
+            _, pid, last, busy, requests = _SLOT.unpack_from(self._map, offset)
+            if _SEQ.unpack_from(self._map, offset)[0] == seq:
                 return Beat(pid, last, busy, requests)
         return None
 

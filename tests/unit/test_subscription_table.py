@@ -1,0 +1,203 @@
+"""The node table as pure logic (time passed in), its shared-memory image, and the balancing."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import Counter
+
+import pytest
+
+from uwsgirouter.protocol import Command, Subscription
+from uwsgirouter.subscription.image import TableImage
+from uwsgirouter.subscription.mapper import SubscriptionMapper
+from uwsgirouter.subscription.table import Change, NodeTable
+
+
+def sub(key: bytes = b"example.com", address: bytes = b"127.0.0.1:3031", **kw: object) -> Subscription:
+    return Subscription(key=key, address=address, **kw)  # type: ignore[arg-type]
+
+
+def test_subscribe_refresh_and_unsubscribe() -> None:
+    table = NodeTable()
+    assert table.apply(sub(weight=0), now=1, wall=1000) is Change.ADDED
+    assert table.keys[b"example.com"][0].weight == 1, "weight 0 counts as 1"
+    assert table.apply(sub(cores=4, load=2), now=5, wall=1004) is Change.REFRESHED
+    node = table.keys[b"example.com"][0]
+    assert (node.cores, node.load, node.last_seen, node.last_check) == (4, 2, 5, 1004)
+    assert table.apply(sub(command=Command.UNSUBSCRIBE), now=6, wall=1005) is Change.REMOVED
+    assert not table.keys and table.node_count == 0
+    assert table.apply(sub(command=Command.UNSUBSCRIBE), now=6, wall=1005) is Change.UNKNOWN
+
+
+def test_modifiers_stay_as_first_announced_like_uwsgi() -> None:
+    table = NodeTable()
+    table.apply(sub(modifier1=5), now=1, wall=1)
+    table.apply(sub(modifier1=6), now=2, wall=2)
+    assert table.keys[b"example.com"][0].modifier1 == 5
+
+
+def test_nodes_keep_arrival_order_and_identity_is_the_exact_address() -> None:
+    table = NodeTable()
+    for address in (b"127.0.0.1:2", b"127.0.0.1:1", b"127.0.0.1:1 "):
+        table.apply(sub(address=address), now=1, wall=1)
+    assert [n.address for n in table.keys[b"example.com"]] == [b"127.0.0.1:2", b"127.0.0.1:1", b"127.0.0.1:1 "]
+
+
+def test_expiry_runs_on_the_timer_after_the_tolerance() -> None:
+    table = NodeTable(tolerance=17)
+    table.apply(sub(address=b"a:1"), now=0, wall=0)
+    table.apply(sub(address=b"b:1"), now=10, wall=10)
+    assert [n.address for n in table.expire(now=17)] == []
+    assert [n.address for n in table.expire(now=17.5)] == [b"a:1"]
+    assert [n.address for n in table.expire(now=28)] == [b"b:1"]
+    assert not table.keys
+
+
+def test_death_mark_until_the_next_announce() -> None:
+    table = NodeTable()
+    table.apply(sub(), now=0, wall=0)
+    version = table.version
+    assert table.mark_failed(b"example.com", b"127.0.0.1:3031")
+    assert table.version > version
+    assert table.live_count() == 0
+    assert not table.mark_failed(b"example.com", b"127.0.0.1:3031"), "already dead"
+    assert table.apply(sub(), now=1, wall=1) is Change.REVIVED
+    assert table.live_count() == 1
+
+
+def test_capacity_refuses_new_nodes_and_keys_but_keeps_the_others() -> None:
+    table = NodeTable(max_nodes=3, max_keys=2)
+    assert table.apply(sub(key=b"a", address=b"x:1"), 0, 0) is Change.ADDED
+    assert table.apply(sub(key=b"b", address=b"x:1"), 0, 0) is Change.ADDED
+    assert table.apply(sub(key=b"c", address=b"x:1"), 0, 0) is Change.FULL
+    assert table.apply(sub(key=b"a", address=b"x:2"), 0, 0) is Change.ADDED
+    assert table.apply(sub(key=b"a", address=b"x:3"), 0, 0) is Change.FULL
+    assert table.apply(sub(key=b"a", address=b"x:1"), 1, 1) is Change.REFRESHED
+
+
+def published(table: NodeTable, **kwargs: object) -> SubscriptionMapper:
+    image = TableImage(1 << 20)
+    assert image.publish(table.snapshot())
+    return SubscriptionMapper(image, **kwargs)  # type: ignore[arg-type]
+
+
+def test_smooth_wrr_gives_exact_weights() -> None:
+    table = NodeTable()
+    table.apply(sub(address=b"127.0.0.1:1", weight=1), 0, 0)
+    table.apply(sub(address=b"127.0.0.1:2", weight=3), 0, 0)
+    mapper = published(table)
+    picks = Counter()
+    for _ in range(400):
+        node = mapper.pick(b"example.com", (), 0)
+        assert node is not None
+        picks[node.name] += 1
+        mapper.done(node)
+    assert picks == {"127.0.0.1:1": 100, "127.0.0.1:2": 300}
+
+
+def test_equal_weights_alternate() -> None:
+    table = NodeTable()
+    table.apply(sub(address=b"127.0.0.1:1"), 0, 0)
+    table.apply(sub(address=b"127.0.0.1:2"), 0, 0)
+    mapper = published(table)
+    names = [mapper.pick(b"example.com", (), 0).name for _ in range(4)]  # type: ignore[union-attr]
+    assert names in (["127.0.0.1:1", "127.0.0.1:2"] * 2, ["127.0.0.1:2", "127.0.0.1:1"] * 2)
+
+
+@pytest.mark.parametrize("algo", ["lrc", "wlrc"])
+def test_least_reference_prefers_idle_nodes(algo: str) -> None:
+    table = NodeTable()
+    table.apply(sub(address=b"127.0.0.1:1"), 0, 0)
+    table.apply(sub(address=b"127.0.0.1:2"), 0, 0)
+    mapper = published(table, algo=algo)
+    first = mapper.pick(b"example.com", (), 0)
+    second = mapper.pick(b"example.com", (), 0)
+    assert first is not None and second is not None and first is not second
+    mapper.done(first)
+    assert mapper.pick(b"example.com", (), 0) is first
+
+
+def test_dead_and_tried_nodes_are_skipped_and_failures_are_reported() -> None:
+    import socket
+
+    table = NodeTable()
+    table.apply(sub(address=b"127.0.0.1:1"), 0, 0)
+    table.apply(sub(address=b"127.0.0.1:2"), 0, 0)
+    master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with master_end, worker_end:
+        mapper = published(table, report=worker_end)
+        node = mapper.pick(b"example.com", (), 0)
+        assert node is not None
+        mapper.failed(node, 0)
+        assert master_end.recv(600) == b"example.com\0" + node.name.encode()
+        other = mapper.pick(b"example.com", (), 0)
+        assert other is not None and other is not node
+        assert mapper.pick(b"example.com", (other,), 0) is None
+
+
+def test_dotsplit_and_fallback_key() -> None:
+    table = NodeTable()
+    table.apply(sub(key=b".example.com"), 0, 0)
+    table.apply(sub(key=b"fallback", address=b"127.0.0.1:9"), 0, 0)
+    split = published(table, dotsplit=True)
+    assert split.pick(b"a.b.example.com", (), 0) is not None
+    assert split.pick(b"example.com", (), 0) is None, "plain example.com does not match .example.com"
+    plain = published(table, fallback_key=b"fallback")
+    node = plain.pick(b"unknown.org", (), 0)
+    assert node is not None and node.name == "127.0.0.1:9"
+
+
+def test_state_survives_a_new_image() -> None:
+    table = NodeTable()
+    table.apply(sub(address=b"127.0.0.1:1"), 0, 0)
+    image = TableImage(1 << 20)
+    image.publish(table.snapshot())
+    mapper = SubscriptionMapper(image)
+    node = mapper.pick(b"example.com", (), 0)
+    table.apply(sub(address=b"127.0.0.1:2"), 0, 0)
+    image.publish(table.snapshot())
+    again = mapper.pick(b"example.com", (node,), 0)
+    assert again is not None and again.name == "127.0.0.1:2"
+    assert node in mapper.pools[b"example.com"].nodes, "the same Node object is kept"
+
+
+def test_an_image_too_large_is_refused() -> None:
+    table = NodeTable()
+    table.apply(sub(address=b"x" * 200), 0, 0)
+    assert not TableImage(64).publish(table.snapshot())
+
+
+def _reader(image: TableImage, rounds: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    torn = 0
+    seen = 0
+    for _ in range(rounds):
+        result = image.read()
+        if result is None:
+            continue
+        _, snapshot = result
+        seen += 1
+        for key, nodes in snapshot:
+            # every snapshot the writer publishes has n nodes for key b"k<n>" with addresses "<n>:<i>"
+            n = int(key[1:])
+            if len(nodes) != n or any(address != f"{n}:{i}".encode() for i, (address, *_) in enumerate(nodes)):
+                torn += 1
+    queue.put((seen, torn))
+
+
+def test_a_concurrent_reader_never_sees_a_torn_image() -> None:
+    image = TableImage(1 << 16)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    reader = context.Process(target=_reader, args=(image, 20000, queue))
+    reader.start()
+    try:
+        for round_ in range(20000):
+            n = 1 + round_ % 50
+            image.publish([(f"k{n}".encode(), [(f"{n}:{i}".encode(), 0, 0, 1, False) for i in range(n)])])
+        seen, torn = queue.get(timeout=60)
+    finally:
+        reader.join(10)
+        if reader.is_alive():
+            reader.kill()
+    assert seen > 0
+    assert torn == 0
