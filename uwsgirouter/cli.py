@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from uwsgirouter.run import run
 
-        return run(config)
+        return run(config, args, dict(os.environ))
     except ConfigError as exc:
         print(f"uwsgirouter: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,7 +1,8 @@
-"""The master: creates the listening sockets, forks the router workers, respawns them, stops them.
+"""The master process: creates every socket, forks the workers, and runs the arbiter's loop.
 
-This is the first, small master (the router issue); signal handlers only record, the loop acts.
-SIGTERM stops gracefully (in-flight sessions finish, DECISIONS D12), SIGINT and SIGQUIT at once.
+Sockets are bound here, before any fork, and stay open across worker respawns and reloads, so a
+connection is never refused while workers come and go. Signal handlers only record the signal and
+write a byte to a wakeup pipe; the loop below acts (see ``arbiter`` for the signal table).
 """
 
 from __future__ import annotations
@@ -10,158 +11,349 @@ import logging
 import os
 import select
 import signal
-import sys
+import socket
 import time
+from collections.abc import Callable, Mapping, Sequence
 
-from uwsgirouter.address import SharedSocketRef
-from uwsgirouter.config import Config
-from uwsgirouter.errors import HaltServer
+from uwsgirouter.address import Address
+from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, Arbiter, WorkerSpec
+from uwsgirouter.config import Config, load_config
+from uwsgirouter.config.checks import check_config
+from uwsgirouter.errors import ConfigError, HaltServer
+from uwsgirouter.heartbeat import HeartbeatTable
 from uwsgirouter.logs import set_process_label
+from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
 from uwsgirouter.router.mappers import Mapper, build_mapper
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.worker import RouterWorker
 from uwsgirouter.sock import Listener, bind_listener
+from uwsgirouter.subscription.client import Subscriber, parse_subscribe2, parse_subscribe_to
+from uwsgirouter.subscription.image import TableImage
+from uwsgirouter.subscription.mapper import SubscriptionMapper
+from uwsgirouter.subscription.server import IMAGE_BYTES_PER_KEY, IMAGE_BYTES_PER_NODE, SubscriptionServer, bind_datagram
+from uwsgirouter.subscription.table import NodeTable
 
 log = logging.getLogger("uwsgirouter.master")
 
-#: A worker that dies sooner than this after its start counts as a failed boot.
-MIN_WORKER_LIFETIME_S = 1.0
-RESPAWN_BACKOFF_MAX_S = 5.0
+MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
 
 class NoMapper(Mapper):
     """The seed's "most useless setup": listeners and no way to route; every request gets a 502."""
 
-    def pick(self, key: bytes, tried: object, now: float) -> Node | None:
+    def pick(self, key: bytes, tried: Sequence[Node], now: float) -> Node | None:
         return None
 
 
-class Master:
+class Sockets:
+    """Every listening socket of the instance, bound in uWSGI's order: shared, app, router."""
+
     def __init__(self, config: Config) -> None:
-        self.config = config
-        self.listeners: list[Listener] = []
-        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (router number, start time)
-        self.pending: list[int] = []
-        self.stop_mode: str | None = None
-        self.backoff = 0.0
-        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def bind(self) -> None:
-        config = self.config
+        self.shared: list[Listener] = []
+        self.app: list[Listener] = []
+        self.router: list[Listener] = []
+        self.subscription: list[socket.socket] = []
         defer = 0 if config.no_defer_accept else config.socket_timeout
-        for address in config.fastrouter:
-            listener = bind_listener(address, backlog=config.listen, chmod=config.chmod_socket, defer_accept=defer)
-            self.listeners.append(listener)
-            log.info("fastrouter bound on %s fd %d", listener.name, listener.fileno())
+        try:
+            for key, address in _shared_in_order(config):
+                deferred = defer if key == "shared-socket" else 0
+                listener = self._bind(address, config, deferred)
+                self.shared.append(listener)
+                log.info("shared socket %d bound to %s fd %d", len(self.shared) - 1, listener.name, listener.fileno())
+            for address in config.socket:
+                listener = self._bind(address, config, defer)
+                self.app.append(listener)
+                log.info("uwsgi socket %d bound to %s fd %d", len(self.app) - 1, listener.name, listener.fileno())
+            for address in config.fastrouter:
+                listener = self._bind(address, config, defer)
+                self.router.append(listener)
+                log.info("fastrouter bound on %s fd %d", listener.name, listener.fileno())
+            for address in config.fastrouter_subscription_server:
+                try:
+                    sock = bind_datagram(address)
+                except (OSError, ValueError) as exc:
+                    raise ConfigError(f"--fastrouter-subscription-server {address}: {exc}") from None
+                self.subscription.append(sock)
+                log.info("subscription server bound on %s fd %d", address, sock.fileno())
+        except BaseException:
+            self.close()
+            raise
 
-    def socket_names(self) -> list[str]:
-        """Names of this instance's ``--socket`` addresses (``=N`` resolved), for --fastrouter-use-socket."""
-        shared = [*self.config.shared_socket, *self.config.undeferred_shared_socket]
-        return [str(shared[a.index]) if isinstance(a, SharedSocketRef) else str(a) for a in self.config.socket]
+    def _bind(self, address: Address, config: Config, defer: int) -> Listener:
+        return bind_listener(
+            address, backlog=config.listen, chmod=config.chmod_socket, defer_accept=defer, shared=self.shared
+        )
+
+    @property
+    def app_names(self) -> list[str]:
+        return [listener.name for listener in self.app]
+
+    @property
+    def shared_names(self) -> list[str]:
+        return [listener.name for listener in self.shared]
+
+    def close(self) -> None:
+        """Close all; a shared socket used as =N is closed (and its file removed) once."""
+        for sock in self.subscription:
+            sock.close()
+        seen: set[int] = set()
+        for listener in [*self.router, *self.app, *self.shared]:
+            if id(listener) not in seen:
+                seen.add(id(listener))
+                listener.close()
+
+
+def _shared_in_order(config: Config) -> list[tuple[str, Address]]:
+    """--shared-socket and --undeferred-shared-socket share one =N numbering, in the order given."""
+    shared = iter(config.shared_socket)
+    undeferred = iter(config.undeferred_shared_socket)
+    ordered: list[tuple[str, Address]] = []
+    for entry in config.entries:
+        if entry.key == "shared-socket":
+            ordered.append(("shared-socket", next(shared)))
+        elif entry.key == "undeferred-shared-socket":
+            ordered.append(("undeferred-shared-socket", next(undeferred)))
+    return ordered
+
+
+class Master:
+    """Owns the sockets, the heartbeat table and the loop; the arbiter decides."""
+
+    def __init__(self, config: Config, argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.argv = list(argv)
+        self.environ = dict(environ or {})
+        self.sockets = Sockets(config)
+        routers = config.fastrouter_processes if self.sockets.router else 0
+        apps = config.processes if self.sockets.app else 0
+        if not routers and not apps:
+            self.sockets.close()
+            raise HaltServer("nothing to run: give --fastrouter ADDR and/or --socket ADDR with an app", 1)
+        self.heartbeats = HeartbeatTable(2 * (routers + apps))
+        self.arbiter = Arbiter(
+            launch=self.launch,
+            heartbeats=self.heartbeats,
+            routers=routers,
+            apps=apps,
+            reload_mercy=float(config.reload_mercy),
+            worker_reload_mercy=float(config.worker_reload_mercy),
+            router_harakiri=float(config.fastrouter_harakiri),
+            app_harakiri=float(config.harakiri),
+            reload_config=self.reload_config,
+        )
+        self.pending: list[int] = []
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.server: SubscriptionServer | None = None
+        self.image: TableImage | None = None
+        self._report_worker: socket.socket | None = None
+        if self.sockets.subscription:
+            self._start_subscription_server(config)
+        self.subscriber = self._make_subscriber(config, apps)
+
+    def _start_subscription_server(self, config: Config) -> None:
+        table = NodeTable(config.subscription_max_nodes, config.subscription_max_keys, config.subscription_tolerance)
+        capacity = (
+            config.subscription_max_nodes * IMAGE_BYTES_PER_NODE + config.subscription_max_keys * IMAGE_BYTES_PER_KEY
+        )
+        self.image = TableImage(capacity)
+        reports, self._report_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        reports.setblocking(False)
+        self._report_worker.setblocking(False)
+        own = self.sockets.router[0].name.encode() if self.sockets.router else b""
+        self.server = SubscriptionServer(
+            self.sockets.subscription,
+            table,
+            self.image,
+            reports,
+            resubscribe=config.fastrouter_resubscribe,
+            resubscribe_bind=config.fastrouter_resubscribe_bind,
+            own_address=own,
+        )
+
+    def _make_subscriber(self, config: Config, apps: int) -> Subscriber | None:
+        names = self.sockets.app_names
+        default = names[0] if names else None
+        targets = [
+            t for spec in config.subscribe_to for t in parse_subscribe_to(spec, default, self.sockets.shared_names)
+        ]
+        targets += [t for items in config.subscribe2 for t in parse_subscribe2(items, names, default)]
+        if not targets:
+            return None
+        weight = apps if config.auto_weight else config.weight
+        for target in targets:
+            log.info("subscribing %s to %s as %s", target.key, target.server, target.address)
+        return Subscriber(
+            targets,
+            frequency=float(config.subscribe_freq),
+            cores=apps,
+            weight=weight,
+            force_modifier1=config.subscribe_with_modifier1,
+            blocked=config.start_unsubscribed,
+        )
+
+    # -- configuration reload ---------------------------------------------------------------------
+
+    def reload_config(self) -> None:
+        """Read the configuration again (SIGHUP); new workers use it, sockets stay as they are."""
+        if not self.argv and not self.environ:
+            return
+        config = load_config(self.argv, self.environ, warn=log.warning)
+        check_config(config)
+        if [str(a) for a in config.fastrouter] != [str(a) for a in self.config.fastrouter] or [
+            str(a) for a in config.socket
+        ] != [str(a) for a in self.config.socket]:
+            log.warning("listening addresses changed in the configuration; they take effect after a restart")
+        self.config = config
+
+    # -- the child side ---------------------------------------------------------------------------
+
+    def launch(self, spec: WorkerSpec) -> int:
+        """Runs in the forked child: become a router or an app worker; returns the exit status."""
+        reset_signals()
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+        config = self.config
+        label = f"{spec.kind} {spec.number}"
+        set_process_label(label)
+        set_title(
+            label, config.procname_prefix + config.procname_prefix_spaced, config.procname_append, config.procname
+        )
+        slot, pid, heartbeats = spec.slot, os.getpid(), self.heartbeats
+
+        def beat(busy_since: float = 0.0, requests: int = 0) -> None:
+            heartbeats.beat(slot, pid, time.monotonic(), busy_since, requests)
+
+        try:
+            if spec.kind == APP:
+                return self._run_app_worker(spec, beat)
+            drop_privileges(config.fastrouter_uid, config.fastrouter_gid)
+            mapper = self._router_mapper(config)
+            return RouterWorker(config, self.sockets.router, mapper, spec.number, beat=beat).run()
+        finally:
+            logging.shutdown()
+
+    def _router_mapper(self, config: Config) -> Mapper:
+        """uWSGI's precedence: use-pattern > subscription server > use-base > use-socket > to."""
+        if self.image is not None and config.fastrouter_use_pattern is None:
+            fallback = config.fastrouter_subscription_fallback_key
+            return SubscriptionMapper(
+                self.image,
+                report=self._report_worker,
+                algo=config.subscription_algo,
+                dotsplit=config.subscription_dotsplit,
+                fallback_key=fallback.encode() if fallback else None,
+            )
+        return build_mapper(config, self.sockets.app_names) or NoMapper()
+
+    def _run_app_worker(self, spec: WorkerSpec, beat: Callable[..., None]) -> int:
+        from uwsgirouter.uwsgi_module import install
+        from uwsgirouter.workers.app_loader import AppLoadError, load_app, no_app
+        from uwsgirouter.workers.wsgi import WsgiWorker
+
+        config = self.config
+        install(config, worker_id=spec.number, numproc=self.arbiter.apps, masterpid=os.getppid())
+        if config.wsgi_file or config.module:
+            try:
+                app = load_app(config)
+            except AppLoadError as exc:
+                log.error("%s", exc)
+                return APP_LOAD_ERROR
+        else:
+            app = no_app
+        worker = WsgiWorker(config, self.sockets.app, app, spec.number)
+        worker.heartbeat = lambda: beat(worker.busy_since, worker.requests_served)
+        return worker.run()
+
+    # -- the loop ---------------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.pending.append(signum)
 
-    def spawn(self, number: int, mapper: Mapper) -> None:
-        pid = os.fork()
-        if pid:
-            self.workers[pid] = (number, time.monotonic())
-            return
-        status = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            os.close(self._wakeup_r)
-            os.close(self._wakeup_w)
-            set_process_label(f"fastrouter {number}")
-            status = RouterWorker(self.config, self.listeners, mapper, number).run()
-        except BaseException:
-            log.exception("router %d crashed", number)
-        finally:
-            logging.shutdown()
-            os._exit(status)
-
     def run(self) -> int:
-        if not self.config.fastrouter:
-            raise HaltServer("nothing to run: give at least one --fastrouter ADDR", 1)
-        self.bind()
-        mapper = build_mapper(self.config, self.socket_names()) or NoMapper()
+        _title(self.config, "master", self.config.procname_master or self.config.procname)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, self._on_signal)
-        for number in range(1, self.config.fastrouter_processes + 1):
-            self.spawn(number, mapper)
+        for master_signal in MASTER_SIGNALS:
+            signal.signal(master_signal, self._on_signal)
+        arbiter = self.arbiter
+        next_second = 0.0
         try:
-            return self._loop(mapper)
+            arbiter.spawn_all()
+            while not arbiter.finished:
+                self._wait(0.1 if arbiter.reloading or arbiter.respawns or arbiter.stopping else 1.0)
+                signals, self.pending = self.pending, []
+                for signum in signals:
+                    was_stopping = arbiter.stopping
+                    arbiter.handle_signal(signum)
+                    if arbiter.stopping and not was_stopping and self.subscriber is not None:
+                        self.subscriber.unsubscribe()
+                    elif signum == signal.SIGHUP and self.subscriber and self.config.unsubscribe_on_graceful_reload:
+                        self.subscriber.unsubscribe()
+                        self.subscriber.next_at = time.monotonic() + 1.0
+                arbiter.reap()
+                arbiter.tick()
+                now = time.monotonic()
+                if self.subscriber is not None and not arbiter.stopping:
+                    self.subscriber.tick(now)
+                if self.server is not None and now >= next_second:
+                    next_second = now + 1.0
+                    self.server.tick(now)
+            log.info("goodbye")
+            return 0
         finally:
-            for listener in self.listeners:
-                listener.close()
+            self._kill_leftovers()
+            if self.subscriber is not None:
+                self.subscriber.close()
+            self.sockets.close()
 
-    def _loop(self, mapper: Mapper) -> int:
-        deadline = 0.0
-        while True:
-            select.select([self._wakeup_r], [], [], 1.0)
-            try:
-                os.read(self._wakeup_r, 512)
-            except BlockingIOError:
-                pass
-            signals, self.pending = self.pending, []
-            for signum in signals:
-                if signum in (signal.SIGINT, signal.SIGQUIT):
-                    self._stop("immediate", signal.SIGINT)
-                elif signum == signal.SIGTERM:
-                    self._stop("graceful", signal.SIGTERM)
-            self._reap(mapper)
-            if self.stop_mode:
-                if not self.workers:
-                    log.info("goodbye")
-                    return 0
-                if not deadline:
-                    deadline = time.monotonic() + self.config.reload_mercy
-                elif time.monotonic() > deadline:
-                    for pid in self.workers:
-                        os.kill(pid, signal.SIGKILL)
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a signal, a subscription datagram or a failure report arrives, or ``timeout``."""
+        server = self.server
+        watched = [self._wakeup_r, *(server.filenos() if server is not None else ())]
+        readable, _, _ = select.select(watched, [], [], timeout)
+        now = time.monotonic()
+        for fd in readable:
+            if fd == self._wakeup_r:
+                try:
+                    while os.read(self._wakeup_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            elif server is not None:
+                if server.reports is not None and fd == server.reports.fileno():
+                    server.on_reports()
+                else:
+                    server.on_readable(next(s for s in server.sockets if s.fileno() == fd), now)
 
-    def _stop(self, mode: str, signum: int) -> None:
-        if self.stop_mode == "immediate":
-            return
-        self.stop_mode = mode
-        log.info("%s stop requested", mode)
-        for pid in self.workers:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def _reap(self, mapper: Mapper) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if not pid:
-                return
-            number, started = self.workers.pop(pid, (0, 0.0))
-            if not number:
-                continue
-            how = (
-                f"signal {signal.Signals(os.WTERMSIG(status)).name}"
-                if os.WIFSIGNALED(status)
-                else f"exit status {os.WEXITSTATUS(status)}"
-            )
-            if self.stop_mode:
-                continue
-            log.warning("fastrouter %d (pid %d) died (%s); respawning", number, pid, how)
-            if time.monotonic() - started < MIN_WORKER_LIFETIME_S:
-                self.backoff = min(RESPAWN_BACKOFF_MAX_S, self.backoff * 2 or 0.1)
-                time.sleep(self.backoff)
-            else:
-                self.backoff = 0.0
-            self.spawn(number, mapper)
+    def _kill_leftovers(self) -> None:
+        """On an error exit, no worker may outlive the master."""
+        for pid in list(self.arbiter.workers):
+            self.arbiter.oscalls.kill(pid, signal.SIGKILL)
 
 
-def run_master(config: Config) -> int:
+def _title(config: Config, name: str, fixed: str | None) -> None:
+    spaced = config.procname_prefix_spaced + " " if config.procname_prefix_spaced else ""
+    set_title(name, config.procname_prefix + spaced, config.procname_append, fixed)
+
+
+def run_master(config: Config, argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> int:
+    """Bind, write the pidfile, drop privileges, supervise; clean up whatever happens."""
     set_process_label("master")
+    if config.chdir:
+        try:
+            os.chdir(config.chdir)
+        except OSError as exc:
+            raise ConfigError(f"--chdir {config.chdir}: {exc.strerror}") from None
+    pidfiles: list[Pidfile] = []
     try:
-        return Master(config).run()
+        if config.pidfile:
+            pidfiles.append(Pidfile(config.pidfile))
+            pidfiles[-1].create(os.getpid())
+        master = Master(config, argv, environ)
+        drop_privileges(config.uid, config.gid)
+        if config.pidfile2:
+            pidfiles.append(Pidfile(config.pidfile2))
+            pidfiles[-1].create(os.getpid())
+        return master.run()
     finally:
-        sys.stderr.flush()
+        for pidfile in pidfiles:
+            pidfile.unlink()

@@ -1,0 +1,171 @@
+"""The instance side: announce this instance's sockets to subscription servers (``--subscribe-to``).
+
+Grammar (uWSGI 2.0, reference 2.4): ``[ADDR=]SERVER:KEY[,MODIFIER1[,SIGN]]`` or ``[ADDR=]SERVER:@MAPFILE``,
+where ``=N=`` as ADDR names shared socket N. A SERVER starting with ``/`` is a UNIX datagram path and
+the key follows the next ``:``; otherwise SERVER is ``host:port`` and the key follows the second ``:``
+(so keys may contain colons). ``--subscribe2`` takes ``server=,key=,addr=,socket=,weight=,...``.
+Announces go out at start, one second later, then every ``--subscribe-freq`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from uwsgirouter.protocol import Command, Subscription, encode_subscription
+
+log = logging.getLogger("uwsgirouter.subscription")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One announce: to ``server``, for ``key``, naming ``address``."""
+
+    server: str
+    key: str
+    address: str
+    modifier1: int = 0
+    modifier2: int = 0
+    weight: int | None = None
+    check_file: str | None = None
+
+
+def _split_server(text: str) -> tuple[str, str] | None:
+    """``SERVER:REST`` by uWSGI's rule; None when the required colons are missing (silently ignored)."""
+    if text.startswith("/"):
+        server, colon, rest = text.partition(":")
+        return (server, rest) if colon else None
+    first = text.find(":")
+    second = text.find(":", first + 1) if first >= 0 else -1
+    if second < 0:
+        return None
+    return text[:second], text[second + 1 :]
+
+
+def parse_subscribe_to(spec: str, default_address: str | None, shared_names: Sequence[str]) -> list[Target]:
+    """Targets of one ``--subscribe-to`` value (several for a mapping file)."""
+    address = default_address
+    if spec.startswith("=") and spec.count("=") >= 2:
+        index, _, spec = spec[1:].partition("=")
+        if index.isdigit() and int(index) < len(shared_names):
+            address = shared_names[int(index)]
+    elif "=" in spec:
+        address, _, spec = spec.partition("=")
+    split = _split_server(spec)
+    if split is None or not address:
+        return []
+    server, rest = split
+    if rest.startswith("@"):
+        return [_target(server, line, address) for line in _mapping_file(rest[1:])]
+    return [_target(server, rest, address)]
+
+
+def _target(server: str, key_spec: str, address: str) -> Target:
+    key, _, rest = key_spec.partition(",")
+    modifier = rest.partition(",")[0]
+    return Target(server, key, address, int(modifier) if modifier.isdigit() else 0)
+
+
+def _mapping_file(path: str) -> list[str]:
+    """One ``KEY[,MODIFIER1]`` per line; blank lines and ``#`` comments skipped; a missing file is skipped."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        log.warning("subscription mapping file %s: %s", path, exc.strerror)
+        return []
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def parse_subscribe2(items: dict[str, str], socket_names: Sequence[str], default_address: str | None) -> list[Target]:
+    server, key = items.get("server"), items.get("key")
+    if not server or not key:
+        return []
+    address = items.get("addr") or default_address
+    if items.get("socket", "").isdigit() and int(items["socket"]) < len(socket_names):
+        address = socket_names[int(items["socket"])]
+    if not address:
+        return []
+
+    def number(name: str) -> int:
+        return int(items[name]) if items.get(name, "").isdigit() else 0
+
+    weight = int(items["weight"]) if items.get("weight", "").isdigit() else None
+    return [Target(server, key, address, number("modifier1"), number("modifier2"), weight, items.get("check") or None)]
+
+
+class Subscriber:
+    """Sends this instance's announces; the master calls ``tick`` every loop and ``unsubscribe`` at stop."""
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        *,
+        frequency: float = 10.0,
+        cores: int = 0,
+        weight: int = 0,
+        force_modifier1: int | None = None,
+        blocked: bool = False,
+    ) -> None:
+        self.targets = list(targets)
+        self.frequency = frequency
+        self.cores = cores
+        self.weight = weight
+        self.force_modifier1 = force_modifier1
+        self.blocked = blocked
+        self.next_at = 0.0
+        self.sent_rounds = 0
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.setblocking(False)
+        self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._unix.setblocking(False)
+
+    def packet(self, target: Target, command: Command) -> bytes:
+        return encode_subscription(
+            Subscription(
+                key=target.key.encode(),
+                address=target.address.encode(),
+                command=command,
+                modifier1=self.force_modifier1 if self.force_modifier1 is not None else target.modifier1,
+                modifier2=target.modifier2,
+                cores=self.cores,
+                load=0,
+                weight=target.weight if target.weight is not None else self.weight,
+            )
+        )
+
+    def send_all(self, command: Command) -> None:
+        for target in self.targets:
+            if target.check_file and os.path.exists(target.check_file):
+                continue  # uWSGI 2.0: a check= file that exists suppresses the announce
+            self._send(target, self.packet(target, command))
+
+    def _send(self, target: Target, packet: bytes) -> None:
+        try:
+            if target.server.startswith("/"):
+                self._unix.sendto(packet, target.server)
+            else:
+                host, _, port = target.server.rpartition(":")
+                self._udp.sendto(packet, (host or "127.0.0.1", int(port)))
+        except (OSError, ValueError) as exc:
+            log.info("cannot announce %s to %s: %s", target.key, target.server, exc)
+
+    def tick(self, now: float) -> None:
+        """At start, after one second, then every ``frequency`` seconds."""
+        if self.blocked or not self.targets or now < self.next_at:
+            return
+        self.send_all(Command.SUBSCRIBE)
+        self.sent_rounds += 1
+        self.next_at = now + (1.0 if self.sent_rounds == 1 else self.frequency)
+
+    def unsubscribe(self) -> None:
+        if not self.blocked and self.targets:
+            self.send_all(Command.UNSUBSCRIBE)
+            log.info("unsubscribed from %d subscription server(s)", len({t.server for t in self.targets}))
+
+    def close(self) -> None:
+        self._udp.close()
+        self._unix.close()

@@ -1,0 +1,487 @@
+"""The app worker: serves a WSGI app over the uwsgi protocol, one request at a time, like uWSGI's default.
+
+Many workers share the listening sockets and race on accept (the losers get BlockingIOError). Per
+connection: read the head (``--buffer-size`` bounds the vars block, ``--socket-timeout`` bounds the
+wait), run the app, write a raw HTTP response (no uwsgi header), close. The body is read only when
+the app asks for it. What uWSGI 2.0.31 does is kept where apps or proxies can see it (checked against
+the binary): environ keys, response bytes, reason phrases for bare codes, refusal of oversized heads,
+of too many vars and of unknown modifiers, the request log line, a worker that dies on sys.exit().
+Deliberate differences: an app that fails before sending anything gets a 500 (uWSGI sends nothing);
+SCRIPT_NAME defaults to ''; REQUEST_SCHEME counts for wsgi.url_scheme; an unread body up to 1 MiB
+is drained so closing does not reset the connection under the response.
+
+Signals only set flags (the loop acts on them): SIGTERM, SIGHUP and SIGUSR2 (the master's "retire")
+finish the current request then exit 0; SIGINT and SIGQUIT exit at once, interrupting the app.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import FrameType, TracebackType
+from typing import Any
+from wsgiref.types import WSGIApplication
+
+from uwsgirouter import uwsgi_module
+from uwsgirouter.config import Config
+from uwsgirouter.protocol import (
+    Body,
+    ConnectionClosed,
+    RemoteProtocolError,
+    RequestHead,
+    RequestReader,
+    content_length,
+)
+from uwsgirouter.sock import Listener
+from uwsgirouter.workers.environ import (
+    READ_CHUNK,
+    ClientDisconnected,
+    FileWrapper,
+    InputStream,
+    _printable,
+    build_environ,
+)
+
+__all__ = ["ClientDisconnected", "FileWrapper", "InputStream", "WsgiWorker", "build_environ"]
+
+log = logging.getLogger("uwsgirouter.wsgi")
+
+#: Body bytes the app left unread that we still read and discard, so closing does not reset the
+#: connection (a reset can make the client lose the response). Larger leftovers are not worth it.
+DRAIN_LIMIT = 1 << 20
+PING_MODIFIER1 = 100
+PONG = bytes((PING_MODIFIER1, 0, 0, 1))  # modifier1 100, empty vars, modifier2 1
+#: Served as WSGI: 0, and 30 (SCRIPT_NAME is stripped from PATH_INFO).
+WSGI_MODIFIERS = (0, 30)
+IDLE_POLL_MS = 1000
+ACCEPT_PAUSE_S = 0.1
+#: run()'s status after the app called sys.exit(): not a boot failure, so the master respawns.
+APP_EXIT_STATUS = 1
+#: uWSGI 2.0.31's reason phrases, added to a bare status such as "200" (any other code: "Unknown").
+_REASON_TEXT = (
+    "100 Continue;101 Switching Protocols;200 OK;201 Created;202 Accepted;203 Non-Authoritative Information;"
+    "204 No Content;205 Reset Content;206 Partial Content;300 Multiple Choices;301 Moved Permanently;"
+    "302 Found;303 See Other;304 Not Modified;305 Use Proxy;307 Temporary Redirect;400 Bad Request;"
+    "401 Unauthorized;402 Payment Required;403 Forbidden;404 Not Found;405 Method Not Allowed;"
+    "406 Not Acceptable;407 Proxy Authentication Required;408 Request Timeout;409 Conflict;410 Gone;"
+    "411 Length Required;412 Precondition Failed;413 Request Entity Too Large;414 Request-URI Too Long;"
+    "415 Unsupported Media Type;416 Requested Range Not Satisfiable;417 Expectation Failed;418 I'm a teapot;"
+    "422 Unprocessable Entity;425 Too Early;426 Upgrade Required;428 Precondition Required;"
+    "429 Too Many Requests;431 Request Header Fields Too Large;451 Unavailable For Legal Reasons;"
+    "500 Internal Server Error;501 Not Implemented;502 Bad Gateway;503 Service Unavailable;"
+    "504 Gateway Timeout;505 HTTP Version Not Supported;509 Bandwidth Limit Exceeded;"
+    "511 Network Authentication Required"
+)
+_REASONS = dict(item.split(" ", 1) for item in _REASON_TEXT.split(";"))
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+
+
+class _Interrupted(BaseException):
+    """Raised by the SIGINT/SIGQUIT handler inside a request so the app unwinds at once."""
+
+
+class _Response:
+    """One response: start_response/write with PEP 3333 semantics; the head goes out with the first bytes."""
+
+    def __init__(self, sock: socket.socket, protocol: bytes) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.head_sent = False
+        self.failed = False  # a send failed: the client is gone, answer nothing more
+        self.head_size = 0
+        self.body_size = 0
+        self.switches = 0
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        if exc_info is not None and exc_info[0] is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # break the frame <-> traceback cycle
+        elif self.status is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        if type(status) is not str or len(status) < 3 or not status[:3].isdigit() or status[3:4] not in ("", " "):
+            raise ValueError(f"invalid WSGI status {status!r:.80}")
+        checked: list[tuple[str, str]] = []
+        for item in headers:
+            name, value = item
+            if type(name) is not str or type(value) is not str:
+                raise TypeError(f"header names and values must be str, got {item!r:.80}")
+            if not name or any(c in name for c in ":\r\n") or "\r" in value or "\n" in value:
+                raise ValueError(f"invalid response header {item!r:.80}")
+            checked.append((name, value))
+        self.status = status
+        self.headers = checked
+        return self.write
+
+    @property
+    def status_code(self) -> int:
+        return int(self.status[:3]) if self.status else 0
+
+    def _head(self) -> bytes:
+        assert self.status is not None
+        lines = [f"{name}: {value}\r\n" for name, value in self.headers]
+        status = self.status
+        if len(status) <= 4:  # a bare code: uWSGI adds its reason phrase
+            status = f"{status[:3]} {_REASONS.get(status[:3], 'Unknown')}"
+        head = b"%s %s\r\n%s\r\n" % (self.protocol, status.encode("latin-1"), "".join(lines).encode("latin-1"))
+        self.head_size = len(head)
+        self.head_sent = True
+        return head
+
+    def send(self, data: bytes | memoryview) -> None:
+        """Send all of ``data``; the timeout applies to each send, not to the whole (as uWSGI)."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[self.sock.send(view) :]
+        except OSError as exc:
+            self.failed = True
+            reason = "timeout" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            raise ClientDisconnected(f"client gone while sending the response ({reason})") from None
+        self.switches += 1
+
+    def write(self, data: bytes) -> None:
+        """The app's ``write()`` and the sink for each body chunk."""
+        if type(data) is not bytes:
+            if not isinstance(data, bytes | bytearray):
+                raise TypeError(f"WSGI body chunks must be bytes, not {type(data).__name__}")
+            data = bytes(data)
+        if not data:
+            return
+        if self.status is None:
+            raise RuntimeError("the app sent body data before calling start_response()")
+        if self.failed:
+            raise ClientDisconnected("client gone while sending the response")
+        if not self.head_sent:
+            head = self._head()
+            if len(data) <= READ_CHUNK:
+                self.send(head + data)
+                self.body_size += len(data)
+                return
+            self.send(head)
+        self.send(data)
+        self.body_size += len(data)
+
+    def sendfile(self, wrapper: FileWrapper) -> bool:
+        """Send a real file with ``socket.sendfile`` from its current position; False if it is not one."""
+        filelike = wrapper.filelike
+        try:
+            offset = filelike.tell()
+            filelike.fileno()
+        except (AttributeError, OSError, ValueError):
+            return False
+        if "b" not in getattr(filelike, "mode", ""):
+            return False  # socket.sendfile needs a file opened in binary mode
+        if self.status is None:
+            raise RuntimeError("the app returned a file before calling start_response()")
+        if not self.head_sent:
+            self.send(self._head())
+        try:
+            sent = self.sock.sendfile(filelike, offset)
+        except OSError as exc:
+            self.failed = True
+            reason = "timeout" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            raise ClientDisconnected(f"client gone while sending a file ({reason})") from None
+        self.body_size += sent
+        self.switches += 1
+        return True
+
+    def internal_error(self) -> None:
+        """Answer 500 in place of whatever the app meant to send (only before anything was sent)."""
+        body = b"Internal Server Error"
+        self.status = "500 Internal Server Error"
+        self.headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        try:
+            self.send(self._head() + body)
+            self.body_size = len(body)
+        except ClientDisconnected:
+            pass
+
+    def finish(self) -> None:
+        """After the last chunk: a response without body still needs its head."""
+        if self.status is None:
+            raise RuntimeError("the app returned without calling start_response()")
+        if not self.head_sent:
+            self.send(self._head())
+
+
+class WsgiWorker:
+    """One app worker process: ``run()`` serves until told to stop and returns the exit status.
+
+    ``heartbeat()`` is called at least once a second while idle and right before and after each
+    request; read ``busy_since`` (monotonic start of the current request, 0.0 when idle) and
+    ``requests_served`` in it to tell the master how this worker is doing.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        listeners: Sequence[Listener],
+        app: WSGIApplication,
+        worker_id: int,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.listeners = list(listeners)
+        self.app = app
+        self.worker_id = worker_id
+        self.heartbeat = heartbeat or (lambda: None)
+        self.buffer_size: int = config.buffer_size
+        self.max_pairs: int = 2 * config.max_vars
+        self.timeout: float | None = float(config.socket_timeout) or None
+        self.log_requests = not config.disable_logging
+        self.node = socket.gethostname().encode("utf-8", "surrogateescape")
+        self.requests_served = 0
+        self.app_requests = 0
+        self.busy_since = 0.0
+        self.stopping = False
+        self.exit_now = False
+        self.exit_status = 0
+        self.parent_pid: int | None = None  # set by run() unless a caller (a test) did
+        self._in_request = False
+        self._wakeup_r = self._wakeup_w = -1
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Record; SIGINT/SIGQUIT also unwind a running request (exit at once means now)."""
+        if signum in (signal.SIGINT, signal.SIGQUIT):
+            self.exit_now = True
+            if self._in_request:
+                self._in_request = False
+                raise _Interrupted
+        else:
+            self.stopping = True
+
+    def _install_signals(self) -> None:
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self._on_signal)
+        for signum in (signal.SIGUSR1, signal.SIGPIPE):
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until a signal or the master's death says stop: 0, or 1 if the app called sys.exit()."""
+        if self.parent_pid is None:
+            self.parent_pid = os.getppid()
+        uwsgi_module.set_worker_id(self.worker_id)
+        self._install_signals()
+        poller = select.poll()
+        poller.register(self._wakeup_r, select.POLLIN)
+        by_fd = {listener.fileno(): listener.sock for listener in self.listeners}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        try:
+            while not (self.stopping or self.exit_now):
+                self.heartbeat()
+                if os.getppid() != self.parent_pid:
+                    log.error("the master process is gone; worker %d exits", self.worker_id)
+                    break
+                ready = [fd for fd, _ in poller.poll(IDLE_POLL_MS)]
+                if self._wakeup_r in ready:
+                    self._drain_wakeup()
+                for fd in ready:
+                    if self.stopping or self.exit_now:
+                        break
+                    sock = by_fd.get(fd)
+                    if sock is not None:
+                        self._accept_and_serve(sock)
+        except _Interrupted:
+            pass
+        finally:
+            signal.set_wakeup_fd(-1)
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+        if self.exit_now:
+            log.info("worker %d: immediate stop", self.worker_id)
+        elif self.stopping:
+            log.info("worker %d: graceful stop after %d request(s)", self.worker_id, self.requests_served)
+        return self.exit_status
+
+    def _accept_and_serve(self, listener: socket.socket) -> None:
+        try:
+            client, _ = listener.accept()
+        except BlockingIOError:
+            return  # another worker won the race
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR):
+                log.error("cannot accept a connection: %s; pausing briefly", exc.strerror or exc)
+                time.sleep(ACCEPT_PAUSE_S)  # EMFILE and the like: never spin
+            return
+        self._in_request = True
+        try:
+            client.settimeout(self.timeout)
+            self._serve(client)
+        except Exception:
+            log.exception("internal error while serving a connection; the worker goes on")
+        finally:
+            self._in_request = False
+            self.busy_since = 0.0
+            client.close()
+
+    # -- one connection --------------------------------------------------------------------------
+
+    def _read_head(self, client: socket.socket) -> tuple[RequestHead, bytes] | None:
+        """Head and the body bytes that came with it; None (after logging if worth it) to just close."""
+        reader = RequestReader(self.buffer_size)
+        first = b""
+        received = 0
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        while True:
+            if deadline is not None:
+                client.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                data = client.recv(READ_CHUNK)
+            except TimeoutError:
+                log.warning("timeout reading a request head (%d bytes received)", received)
+                return None
+            except OSError:
+                return None
+            received += len(data)
+            if len(first) < 4:
+                first += data[: 4 - len(first)]
+            try:
+                reader.receive_data(data)
+                event = reader.next_event()
+            except RemoteProtocolError as exc:
+                if exc.error_status_hint == 431:
+                    size = first[1] | first[2] << 8
+                    log.error("invalid request block size: %d (max %d)...skip", size, self.buffer_size)
+                else:
+                    log.error("invalid uwsgi request: %s", exc)
+                return None
+            if isinstance(event, ConnectionClosed):
+                return None
+            if isinstance(event, RequestHead):
+                client.settimeout(self.timeout)
+                rest = reader.next_event()
+                return event, rest.data if isinstance(rest, Body) else b""
+
+    def _serve(self, client: socket.socket) -> None:
+        got = self._read_head(client)
+        if got is None:
+            return
+        head, initial = got
+        self.busy_since = start = time.monotonic()
+        self.heartbeat()
+        wall = time.time()
+        self.requests_served += 1
+        if head.modifier1 not in WSGI_MODIFIERS:
+            if head.modifier1 == PING_MODIFIER1:
+                log.info("PING")
+                try:
+                    client.sendall(PONG)
+                except OSError:
+                    pass
+            else:
+                log.error("-- unavailable modifier requested: %d --", head.modifier1)
+            return
+        if len(head.vars) > self.max_pairs:
+            log.error("too many vars: %d (max %d)...skip", len(head.vars), self.max_pairs)
+            return
+        try:
+            length = content_length(head.vars)
+        except RemoteProtocolError as exc:
+            log.error("%s...skip", exc)
+            return
+        stream = InputStream(client.recv, initial, length)
+        environ = build_environ(head, stream, self.node)
+        response = _Response(client, head.get(b"SERVER_PROTOCOL") or b"HTTP/1.0")
+        self.app_requests += 1
+        self._run_app(environ, response, head)
+        if self.log_requests:
+            self._log_request(head, response, start, wall)
+        if not response.failed and 0 < stream.unread <= DRAIN_LIMIT:
+            self._drain_body(client, stream.unread)
+        self.busy_since = 0.0
+        self.heartbeat()
+
+    def _run_app(self, environ: dict[str, Any], response: _Response, head: RequestHead) -> None:
+        """Call the app and send what it returns; every failure is logged, none leaves this method."""
+        try:
+            result: Iterable[bytes] = self.app(environ, response.start_response)
+            try:
+                if not (isinstance(result, FileWrapper) and response.sendfile(result)):
+                    write = response.write
+                    for chunk in result:
+                        write(chunk)
+                response.finish()
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        except ClientDisconnected as exc:
+            remote = _printable(head.get(b"REMOTE_ADDR") or b"-")
+            log.warning("%s (from %s): %s", self._what(head), remote, exc)
+        except SystemExit as exc:  # as under uWSGI, the worker dies (apps use it to get recycled)
+            log.error("the app called sys.exit(%r) while serving %s; worker exits", exc.code, self._what(head))
+            self.stopping, self.exit_status = True, APP_EXIT_STATUS
+            if not response.head_sent and not response.failed:
+                response.internal_error()
+        except Exception:
+            log.error("exception in the app while serving %s:", self._what(head), exc_info=True)
+            if not response.head_sent and not response.failed:
+                response.internal_error()
+
+    @staticmethod
+    def _what(head: RequestHead) -> str:
+        method = _printable(head.get(b"REQUEST_METHOD") or b"-")
+        return f"{method} {_printable(head.get(b'REQUEST_URI') or head.get(b'PATH_INFO') or b'-')}"
+
+    def _drain_body(self, client: socket.socket, left: int) -> None:
+        """Read and drop the body the app did not read, so closing does not reset the connection."""
+        try:
+            client.shutdown(socket.SHUT_WR)
+            while left > 0:
+                data = client.recv(min(left, READ_CHUNK))
+                if not data:
+                    break
+                left -= len(data)
+        except OSError:
+            pass
+
+    def _log_request(self, head: RequestHead, response: _Response, start: float, wall: float) -> None:
+        """uWSGI's request line; '{N vars in M bytes}' counts keys and values, as uWSGI does."""
+        msecs = int((time.monotonic() - start) * 1000)
+        log.info(
+            "[pid: %d|app: 0|req: %d/%d] %s (%s) {%d vars in %d bytes} [%s] %s => generated %d bytes in %d msecs "
+            "(%s %d) %d headers in %d bytes (%d switches on core 0)",
+            os.getpid(),
+            self.app_requests,
+            self.requests_served,
+            _printable(head.get(b"REMOTE_ADDR") or b""),
+            _printable(head.get(b"REMOTE_USER") or b""),
+            2 * len(head.vars),
+            len(head.raw) - 4,
+            time.asctime(time.localtime(wall)),
+            self._what(head),
+            response.body_size,
+            msecs,
+            _printable(response.protocol),
+            response.status_code,
+            len(response.headers),
+            response.head_size,
+            response.switches,
+        )
