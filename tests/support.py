@@ -85,8 +85,9 @@ def uwsgi_packet(pairs: Mapping[str, str] | Sequence[tuple[str, str]], modifier1
     return struct.pack("<BHB", modifier1, len(block), modifier2) + block
 
 
-def request_vars(host: str = "example.com", path: str = "/", method: str = "GET", body_len: int = 0,
-                 **extra: str) -> dict[str, str]:
+def request_vars(
+    host: str = "example.com", path: str = "/", method: str = "GET", body_len: int = 0, **extra: str
+) -> dict[str, str]:
     env = {
         "REQUEST_METHOD": method,
         "REQUEST_URI": path,
@@ -135,8 +136,16 @@ def read_all(sock: socket.socket) -> bytes:
         chunks.append(data)
 
 
-def uwsgi_request(address: Address, vars: Mapping[str, str] | None = None, body: bytes = b"", *,
-                  modifier1: int = 0, modifier2: int = 0, timeout: float = 10.0, half_close: bool = False) -> Response:
+def uwsgi_request(
+    address: Address,
+    vars: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    *,
+    modifier1: int = 0,
+    modifier2: int = 0,
+    timeout: float = 10.0,
+    half_close: bool = False,
+) -> Response:
     """Send one uwsgi request and read the raw HTTP response until the server closes."""
     pairs = vars if vars is not None else request_vars(body_len=len(body))
     with connect(address, timeout) as sock:
@@ -149,16 +158,22 @@ def uwsgi_request(address: Address, vars: Mapping[str, str] | None = None, body:
 class Proc:
     """A process in its own session; ``stop`` kills the whole group and waits for it."""
 
-    def __init__(self, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         full_env = dict(os.environ)
         full_env.update(env or {})
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=full_env, cwd=cwd, start_new_session=True,
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
         )
         self.pid = self.popen.pid
 
@@ -210,8 +225,9 @@ class ProcessManager:
         self.procs: list[Proc] = []
         self._count = 0
 
-    def start(self, argv: Sequence[str], name: str = "proc", env: Mapping[str, str] | None = None,
-              cwd: Path | None = None) -> Proc:
+    def start(
+        self, argv: Sequence[str], name: str = "proc", env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
         self._count += 1
         proc = Proc(argv, self.tmp_path / f"{self._count:02d}-{name}.log", env, cwd or self.tmp_path)
         self.procs.append(proc)
@@ -228,8 +244,19 @@ class ProcessManager:
     def uwsgi_backend(self, socket_arg: str, instance: str, *args: str, wait_for: Address | None = None) -> Proc:
         """A real uWSGI 2.0.31 instance serving tests/apps/instance_app.py, answering with its name."""
         assert UWSGI, "uWSGI 2.0.31 is not installed (scripts/install)"
-        argv = [UWSGI, "--socket", socket_arg, "--wsgi-file", str(APPS / "instance_app.py"), "--master",
-                "--processes", "2", "--disable-logging", "--die-on-term", *args]
+        argv = [
+            UWSGI,
+            "--socket",
+            socket_arg,
+            "--wsgi-file",
+            str(APPS / "instance_app.py"),
+            "--master",
+            "--processes",
+            "2",
+            "--disable-logging",
+            "--die-on-term",
+            *args,
+        ]
         proc = self.start(argv, f"uwsgi-{instance}", {"INSTANCE": instance})
         if wait_for is not None:
             wait_until(lambda: can_connect(wait_for) or not proc.alive(), 15, what=f"uWSGI {instance}")
@@ -283,10 +310,50 @@ http {{
 """
 
 
-def http_get(port: int, path: str = "/", host: str = "example.com", method: str = "GET", body: bytes = b"",
-             timeout: float = 15.0) -> Response:
+def http_get(
+    port: int, path: str = "/", host: str = "example.com", method: str = "GET", body: bytes = b"", timeout: float = 15.0
+) -> Response:
     """A minimal HTTP/1.0 client (Connection: close) for requests through nginx."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         head = f"{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         sock.sendall(head + body)
         return Response.parse(read_all(sock))
+
+
+# -- helpers added for the router-worker integration tests -------------------------------------------
+
+
+def short_unix_dir() -> Path:
+    """A fresh directory under /tmp for UNIX socket paths (tmp_path may exceed AF_UNIX's 107 bytes).
+
+    The caller removes it (``shutil.rmtree``), typically from a fixture.
+    """
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="ur-", dir="/tmp"))
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory in bytes of process ``pid`` and all its descendants (0 for those already gone)."""
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def router_worker(proc: Proc, timeout: float = 10.0) -> psutil.Process:
+    """The (first) router worker process forked by the uwsgirouter master ``proc``."""
+    return wait_until(lambda: next(iter(proc.children()), None), timeout, what="the router worker process")
+
+
+def log_lines(proc: Proc) -> list[str]:
+    """The lines ``proc`` has written to its log so far."""
+    return proc.log().splitlines()

@@ -15,8 +15,15 @@ def test_getting_started_binds_every_address_and_answers_502(procs: ProcessManag
     port = free_port()
     unix = str(tmp_path / "uwsgi.sock")
     abstract = f"foobar-{port}"
-    procs.router("--fastrouter", f"127.0.0.1:{port}", "--fastrouter", unix, "--fastrouter", f"@{abstract}",
-                 wait_for=("127.0.0.1", port))
+    procs.router(
+        "--fastrouter",
+        f"127.0.0.1:{port}",
+        "--fastrouter",
+        unix,
+        "--fastrouter",
+        f"@{abstract}",
+        wait_for=("127.0.0.1", port),
+    )
     for address in (("127.0.0.1", port), unix, b"\0" + abstract.encode() + b"\0"):
         response = uwsgi_request(address)
         assert response.status == 502
@@ -29,8 +36,9 @@ def test_way1_use_base_routes_by_host(procs: ProcessManager, tmp_path: Path) -> 
     procs.uwsgi_backend(str(sockets / "example.com"), "one", wait_for=str(sockets / "example.com"))
     procs.uwsgi_backend(str(sockets / "unbit.it"), "two", wait_for=str(sockets / "unbit.it"))
     port = free_port()
-    procs.router("--fastrouter", f"127.0.0.1:{port}", "--fastrouter-use-base", f"{sockets}/",
-                 wait_for=("127.0.0.1", port))
+    procs.router(
+        "--fastrouter", f"127.0.0.1:{port}", "--fastrouter-use-base", f"{sockets}/", wait_for=("127.0.0.1", port)
+    )
     assert b"instance=one" in uwsgi_request(("127.0.0.1", port), request_vars("example.com")).body
     assert b"instance=two" in uwsgi_request(("127.0.0.1", port), request_vars("unbit.it")).body
     assert uwsgi_request(("127.0.0.1", port), request_vars("missing.org")).status == 502
@@ -41,8 +49,13 @@ def test_way2_use_pattern_through_nginx(procs: ProcessManager, tmp_path: Path) -
     site.mkdir(parents=True)
     procs.uwsgi_backend(str(site / "uwsgi.sock"), "pattern", wait_for=str(site / "uwsgi.sock"))
     router_port, http_port = free_port(), free_port()
-    procs.router("--fastrouter", f"127.0.0.1:{router_port}", "--fastrouter-use-pattern",
-                 f"{tmp_path}/sockets/%s/uwsgi.sock", wait_for=("127.0.0.1", router_port))
+    procs.router(
+        "--fastrouter",
+        f"127.0.0.1:{router_port}",
+        "--fastrouter-use-pattern",
+        f"{tmp_path}/sockets/%s/uwsgi.sock",
+        wait_for=("127.0.0.1", router_port),
+    )
     procs.nginx(f"127.0.0.1:{router_port}", http_port)
     response = http_get(http_port, host="example.com")
     assert response.status == 200

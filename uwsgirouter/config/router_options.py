@@ -32,8 +32,9 @@ class RouterOptions:
     )
     fastrouter_events = Scalar(
         POSITIVE,
-        64,
-        help="Sessions one router process serves at once; above it the router stops accepting until one ends.",
+        4096,
+        help="Sessions one router process serves at once; above it the router stops accepting until one ends "
+        "(also bounded by the open-file limit). In uWSGI this is the events per epoll wait, default 64.",
     )
     fastrouter_timeout = Scalar(
         integer(1, metavar="SECONDS"),

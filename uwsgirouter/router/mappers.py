@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from uwsgirouter.config import Config
+from uwsgirouter.errors import ConfigError
 from uwsgirouter.router.nodes import Node, make_node
 
 log = logging.getLogger("uwsgirouter.router")
@@ -132,7 +133,14 @@ class StaticMapper(Mapper):
 
 
 def static_nodes(addresses: Sequence[object]) -> list[Node]:
-    return [make_node(str(address)) for address in addresses]
+    """Nodes named in the configuration: host names are resolved once, here, at start."""
+    nodes = []
+    for address in addresses:
+        try:
+            nodes.append(make_node(str(address), allow_dns=True))
+        except ValueError as exc:
+            raise ConfigError(f"node {address}: {exc}") from None
+    return nodes
 
 
 def build_mapper(config: Config, socket_names: Sequence[str] = ()) -> Mapper | None:
@@ -142,7 +150,7 @@ def build_mapper(config: Config, socket_names: Sequence[str] = ()) -> Mapper | N
     if config.fastrouter_use_base is not None:
         return BaseDirMapper(config.fastrouter_use_base)
     if config.fastrouter_use_socket is not None and socket_names:
-        return StaticMapper([make_node(socket_names[config.fastrouter_use_socket])], 0)
+        return StaticMapper(static_nodes([socket_names[config.fastrouter_use_socket]]), 0)
     if config.fastrouter_to:
         return StaticMapper(static_nodes(config.fastrouter_to), config.fastrouter_gracetime)
     return None

@@ -42,25 +42,36 @@ class Node:
 _cache: dict[str, tuple[int, Any]] = {}
 
 
-def resolve(name: str) -> tuple[int, Any]:
-    """``(family, sockaddr)`` for a node address; ``ValueError`` if it is not one."""
+#: sun_path holds 108 bytes with the terminating NUL (abstract names: leading and trailing NUL).
+MAX_UNIX_PATH_BYTES = 107
+
+
+def resolve(name: str, allow_dns: bool = False) -> tuple[int, Any]:
+    """``(family, sockaddr)`` for a node address; ``ValueError`` if it is not one.
+
+    Host names are looked up only when ``allow_dns`` (static nodes, at start): a lookup blocks, and a
+    router must never block on a name it got from a request or a subscription (uWSGI: numeric only).
+    """
     cached = _cache.get(name)
     if cached is not None:
         return cached
-    result = _resolve(name)
+    result = _resolve(name, allow_dns)
     if len(_cache) >= MAX_CACHED_ADDRESSES:
         _cache.clear()
     _cache[name] = result
     return result
 
 
-def _resolve(name: str) -> tuple[int, Any]:
+def _resolve(name: str, allow_dns: bool) -> tuple[int, Any]:
     if not name:
         raise ValueError("empty node address")
-    if name[0] == "@":
-        return socket.AF_UNIX, b"\0" + name[1:].encode("utf-8", "surrogateescape") + b"\0"
-    if ":" not in name or name[0] in "/.":
-        return socket.AF_UNIX, name.encode("utf-8", "surrogateescape")
+    if name[0] == "@" or ":" not in name or name[0] in "/.":
+        path = name.encode("utf-8", "surrogateescape")
+        if name[0] == "@":
+            path = b"\0" + path[1:] + b"\0"
+        if len(path) > MAX_UNIX_PATH_BYTES:
+            raise ValueError(f"UNIX socket path longer than {MAX_UNIX_PATH_BYTES} bytes")
+        return socket.AF_UNIX, path
     if name[0] == "[":
         host, sep, port = name[1:].partition("]:")
         if not sep:
@@ -75,14 +86,16 @@ def _resolve(name: str) -> tuple[int, Any]:
     try:
         socket.inet_pton(family, host)
     except OSError:
-        # A name: resolved once here (blocking), then cached; uWSGI accepts numeric addresses only.
-        infos = socket.getaddrinfo(host, int(port), family, socket.SOCK_STREAM)
-        if not infos:
-            raise ValueError(f"cannot resolve {host!r}") from None
+        if not allow_dns:
+            raise ValueError(f"{host!r} is not a numeric address") from None
+        try:
+            infos = socket.getaddrinfo(host, int(port), family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ValueError(f"cannot resolve {host!r}: {exc}") from None
         return family, infos[0][4]
     return family, (host, int(port))
 
 
-def make_node(name: str, modifier1: int = 0, modifier2: int = 0) -> Node:
-    family, sockaddr = resolve(name)
+def make_node(name: str, modifier1: int = 0, modifier2: int = 0, allow_dns: bool = False) -> Node:
+    family, sockaddr = resolve(name, allow_dns)
     return Node(name, family, sockaddr, modifier1, modifier2)

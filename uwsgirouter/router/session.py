@@ -252,7 +252,10 @@ class Session:
                 log.error("key %s: cannot create a socket for node %s: %s", printable(self.key), node.name, exc)
                 self._reply_error(503, "the router is out of resources")
                 return
-            err = sock.connect_ex(node.sockaddr)
+            try:
+                err = sock.connect_ex(node.sockaddr)
+            except OSError as exc:  # an address the kernel refuses outright
+                err = exc.errno or errno.EINVAL
             if err == 0 or err == _EINPROGRESS:
                 # Send the head at once: on loopback and UNIX sockets the connection is already up,
                 # which saves a poll round and two epoll_ctl calls per request. A remote node still
@@ -371,6 +374,9 @@ class Session:
             self._backend_failed(f"receive failed: {exc.strerror}")
             return
         if not data:
+            if not self.replied:
+                self._backend_failed("closed the connection without answering")
+                return
             # The response is complete; the backend socket is no longer needed (and would keep
             # reporting HUP). What is still queued for the client is flushed, then the session ends.
             self.backend_eof = True

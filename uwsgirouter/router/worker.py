@@ -37,8 +37,17 @@ ACCEPT_PAUSE_S = 0.1
 
 
 def fd_session_limit(baseline_fds: int) -> int:
-    """Sessions that can each have a client and a backend descriptor within RLIMIT_NOFILE."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    """Sessions that can each have a client and a backend descriptor within RLIMIT_NOFILE.
+
+    The soft limit is first raised to the hard one: each session needs two descriptors.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
     if soft == resource.RLIM_INFINITY:
         return 1 << 30
     return max(1, (soft - baseline_fds - SPARE_FDS) // 2)
@@ -68,6 +77,8 @@ class RouterWorker:
         self.force_key = (config.fastrouter_force_key or "").encode("utf-8", "surrogateescape")
         self.quiet = config.fastrouter_quiet
         self.mercy = float(config.worker_reload_mercy)
+        #: on a graceful stop, heads still arriving when the last proxied request is done get this long
+        self.head_grace = float(config.socket_timeout)
         self.max_sessions = config.fastrouter_events
         self.ep = select.epoll()
         self.handlers: dict[int, Callable[[int], None]] = {}
@@ -78,6 +89,7 @@ class RouterWorker:
         self.stopping = False
         self.shutting_down = False
         self.stop_deadline = 0.0
+        self.door_closed_at = 0.0  # when a stopping worker stopped accepting for good
         self.exit_now = False
         self.parent_pid = os.getppid()
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -138,7 +150,7 @@ class RouterWorker:
             self.accept_paused_until = self.now + pause
 
     def _resume_accepting(self) -> None:
-        if self.accepting or (self.stopping and not self.shutting_down) or self.now < self.accept_paused_until:
+        if self.accepting or self.door_closed_at or self.now < self.accept_paused_until:
             return
         if len(self.sessions) >= self.max_sessions:
             return
@@ -224,21 +236,31 @@ class RouterWorker:
             self.exit_now = True
 
     def _drained(self) -> bool:
+        """Whether a retiring or stopping worker may leave now."""
         if not self.stop_deadline:
             self.stop_deadline = self.now + self.mercy
             if not self.shutting_down:
-                self._pause_accepting()
+                self._close_door()
             log.info(
                 "%s, %d session(s) in flight",
                 "graceful stop (new requests get 503)" if self.shutting_down else "retiring (reload)",
                 len(self.sessions),
             )
-        if not any(s.node is not None for s in self.sessions):
-            return True
         if self.now >= self.stop_deadline:
-            log.warning("%d session(s) cut after %.0f s of mercy", len(self.sessions), self.mercy)
+            cut = len(self.sessions)
+            log.warning("%d session(s) cut after %.0f s of mercy", cut, self.mercy)
             return True
-        return False
+        if self.shutting_down and not self.door_closed_at and not any(s.node is not None for s in self.sessions):
+            # Every proxied request is done: accept no more, and give heads still arriving a
+            # moment to complete (they get their 503) before leaving.
+            self._close_door()
+        if not self.sessions:
+            return True
+        return self.shutting_down and bool(self.door_closed_at) and self.now - self.door_closed_at > self.head_grace
+
+    def _close_door(self) -> None:
+        self._pause_accepting()
+        self.door_closed_at = self.now
 
     def _close_all(self) -> None:
         for session in list(self.sessions):

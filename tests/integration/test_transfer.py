@@ -1,0 +1,181 @@
+"""Large bodies pass through the router intact, both ways, and its memory stays bounded while they do."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import psutil
+import pytest
+
+from tests.support import (
+    Proc,
+    ProcessManager,
+    Response,
+    free_port,
+    http_get,
+    read_all,
+    request_vars,
+    tree_rss,
+    uwsgi_packet,
+    uwsgi_request,
+)
+
+pytestmark = pytest.mark.integration
+
+SIZE = 10 * 1024 * 1024
+RSS_BUDGET = 16 * 1024 * 1024
+
+
+@dataclass
+class RssSampler:
+    """Samples the resident memory of a process tree in a thread, keeping the peak."""
+
+    pid: int
+    interval: float = 0.002
+    peak: int = 0
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _run(self) -> None:
+        # Resolve the tree once; then each sample is one cheap /proc read per process.
+        root = psutil.Process(self.pid)
+        members = [root, *root.children(recursive=True)]
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, sum(member.memory_info().rss for member in members))
+            except psutil.NoSuchProcess:
+                self.peak = max(self.peak, tree_rss(self.pid))
+                members = [root, *root.children(recursive=True)]
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@dataclass
+class Setup:
+    router: Proc
+    router_port: int
+    http_port: int
+
+
+@pytest.fixture
+def setup(procs: ProcessManager) -> Iterator[Setup]:
+    backend_port, router_port, http_port = free_port(), free_port(), free_port()
+    procs.uwsgi_backend(f"127.0.0.1:{backend_port}", "big", wait_for=("127.0.0.1", backend_port))
+    router = procs.router(
+        "--fastrouter",
+        f"127.0.0.1:{router_port}",
+        "--fastrouter-to",
+        f"127.0.0.1:{backend_port}",
+        wait_for=("127.0.0.1", router_port),
+    )
+    procs.nginx(f"127.0.0.1:{router_port}", http_port)
+    # Warm up both paths so that the baseline includes whatever the first request allocates.
+    assert uwsgi_request(("127.0.0.1", router_port)).status == 200
+    assert http_get(http_port).status == 200
+    yield Setup(router, router_port, http_port)
+
+
+def measured(router: Proc, transfer: Callable[[], None]) -> tuple[int, int]:
+    """Run ``transfer`` while sampling the router tree's RSS; return (peak growth, growth after)."""
+    baseline = tree_rss(router.pid)
+    assert baseline > 0
+    with RssSampler(router.pid) as sampler:
+        transfer()
+    assert sampler.samples > 0
+    assert router.alive(), router.log()
+    return sampler.peak - baseline, tree_rss(router.pid) - baseline
+
+
+def check_big_response(response: Response) -> None:
+    assert response.status == 200, response.raw[:300]
+    assert int(response.headers["content-length"]) == SIZE
+    assert len(response.body) == SIZE
+    assert response.body == b"x" * SIZE
+
+
+def check_upload(response: Response, body: bytes) -> None:
+    assert response.status == 200, response.raw[:300]
+    assert f"len={len(body)} md5={hashlib.md5(body).hexdigest()}".encode() in response.body
+
+
+def upload_body() -> bytes:
+    # Not one repeated byte: a dropped, duplicated or reordered chunk changes the md5.
+    return bytes(range(256)) * (SIZE // 256) + b"tail"
+
+
+def test_10mib_response_via_uwsgi_client(setup: Setup) -> None:
+    responses: list[Response] = []
+    peak, after = measured(
+        setup.router,
+        lambda: responses.append(
+            uwsgi_request(("127.0.0.1", setup.router_port), request_vars(path=f"/bytes/{SIZE}"), timeout=30)
+        ),
+    )
+    check_big_response(responses[0])
+    assert peak < RSS_BUDGET, f"router tree RSS grew by {peak / 2**20:.1f} MiB during the transfer"
+    assert after < RSS_BUDGET
+
+
+def test_10mib_request_body_via_uwsgi_client(setup: Setup) -> None:
+    body = upload_body()
+    responses: list[Response] = []
+    peak, after = measured(
+        setup.router,
+        lambda: responses.append(
+            uwsgi_request(
+                ("127.0.0.1", setup.router_port),
+                request_vars(method="POST", path="/upload", body_len=len(body)),
+                body,
+                timeout=30,
+            )
+        ),
+    )
+    check_upload(responses[0], body)
+    assert peak < RSS_BUDGET, f"router tree RSS grew by {peak / 2**20:.1f} MiB during the upload"
+    assert after < RSS_BUDGET
+
+
+def test_10mib_both_ways_through_nginx(setup: Setup) -> None:
+    body = upload_body()
+    responses: list[Response] = []
+
+    def transfer() -> None:
+        responses.append(http_get(setup.http_port, f"/bytes/{SIZE}", timeout=30))
+        responses.append(http_get(setup.http_port, "/upload", method="POST", body=body, timeout=30))
+
+    peak, after = measured(setup.router, transfer)
+    check_big_response(responses[0])
+    check_upload(responses[1], body)
+    assert peak < RSS_BUDGET, f"router tree RSS grew by {peak / 2**20:.1f} MiB during the transfers"
+    assert after < RSS_BUDGET
+
+
+def test_stalled_reader_does_not_make_the_router_buffer_the_response(setup: Setup) -> None:
+    """A client that stops reading for a while: the router must push back, not hold 10 MiB for it."""
+    raw: list[bytes] = []
+
+    def transfer() -> None:
+        with socket.create_connection(("127.0.0.1", setup.router_port), timeout=30) as sock:
+            sock.sendall(uwsgi_packet(request_vars(path=f"/bytes/{SIZE}")))
+            # The behaviour under test: this client does not read for one second (not a wait for a condition).
+            time.sleep(1.0)
+            raw.append(read_all(sock))
+
+    peak, after = measured(setup.router, transfer)
+    check_big_response(Response.parse(raw[0]))
+    assert peak < RSS_BUDGET, f"router tree RSS grew by {peak / 2**20:.1f} MiB while the client stalled"
+    assert after < RSS_BUDGET
