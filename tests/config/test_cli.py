@@ -572,3 +572,11 @@ def test_cheap_mode_typed_values() -> None:
         assert (config.master, config.fastrouter_cheap, config.processes) == (True, True, 4)
         assert config.fastrouter_subscription_server == (TcpAddress("127.0.0.1", 4040),)
         assert config.wsgi_file == "/var/www/myheavyapp.wsgi"
+
+
+def test_the_shipped_example_configurations_are_valid() -> None:
+    """conf/*.ini are what the README tells users to run: they must pass --dry-run."""
+    from pathlib import Path
+
+    for ini in sorted((Path(__file__).resolve().parents[2] / "conf").glob("*.ini")):
+        assert main(["--dry-run", str(ini)]) == 0, ini
