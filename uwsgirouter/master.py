@@ -53,6 +53,7 @@ class Sockets:
         self.app: list[Listener] = []
         self.router: list[Listener] = []
         self.subscription: list[socket.socket] = []
+        self.stats: Listener | None = None
         defer = 0 if config.no_defer_accept else config.socket_timeout
         try:
             for key, address in _shared_in_order(config):
@@ -68,6 +69,9 @@ class Sockets:
                 listener = self._bind(address, config, defer)
                 self.router.append(listener)
                 log.info("fastrouter bound on %s fd %d", listener.name, listener.fileno())
+            if config.fastrouter_stats is not None:
+                self.stats = self._bind(config.fastrouter_stats, config, 0)
+                log.info("fastrouter stats server bound on %s fd %d", self.stats.name, self.stats.fileno())
             for address in config.fastrouter_subscription_server:
                 try:
                     sock = bind_datagram(address)
@@ -97,7 +101,7 @@ class Sockets:
         for sock in self.subscription:
             sock.close()
         seen: set[int] = set()
-        for listener in [*self.router, *self.app, *self.shared]:
+        for listener in [*self.router, *self.app, *self.shared, *([self.stats] if self.stats else [])]:
             if id(listener) not in seen:
                 seen.add(id(listener))
                 listener.close()
@@ -228,7 +232,11 @@ class Master:
                 return self._run_app_worker(spec, beat)
             drop_privileges(config.fastrouter_uid, config.fastrouter_gid)
             mapper = self._router_mapper(config)
-            return RouterWorker(config, self.sockets.router, mapper, spec.number, beat=beat).run()
+            names = [listener.name for listener in self.sockets.router]
+            names += [str(address) for address in config.fastrouter_subscription_server]
+            stats = self.sockets.stats if spec.number == 1 else None
+            worker = RouterWorker(config, self.sockets.router, mapper, spec.number, beat, stats, names)
+            return worker.run()
         finally:
             logging.shutdown()
 

@@ -20,18 +20,16 @@ class SocketOptions:
 
     shared_socket = Multi(
         ADDRESS,
-        planned=True,
         help="Create a socket in the master before anything else; use it as =N (0-based) in --socket, "
         "--fastrouter and --subscribe-to. Repeatable.",
     )
     undeferred_shared_socket = Multi(
-        ADDRESS, planned=True, help="Like --shared-socket, without TCP deferred accept; counts in the same =N list."
+        ADDRESS, help="Like --shared-socket, without TCP deferred accept; counts in the same =N list."
     )
     socket = Multi(
         ADDRESS,
         short="s",
         aliases=["uwsgi-socket"],
-        planned=True,
         help="Serve the WSGI app over the uwsgi protocol on this address (port 0 picks a free port). Repeatable.",
     )
     chmod_socket: Scalar[int | None] = Scalar(
@@ -57,27 +55,23 @@ class AppOptions:
         PATH,
         None,
         aliases=["file"],
-        planned=True,
         help="Load the WSGI app from this file; without --socket the file is only run in the master "
         "(for example to fill a cache).",
     )
     module: Scalar[str | None] = Scalar(
-        NON_EMPTY, None, short="w", aliases=["wsgi"], planned=True, help="Load the WSGI app from module[:callable]."
+        NON_EMPTY, None, short="w", aliases=["wsgi"], help="Load the WSGI app from module[:callable]."
     )
-    callable = Scalar(NON_EMPTY, "application", planned=True, help="Name of the WSGI callable in the file or module.")
-    env = Multi(KEY_VALUE, planned=True, help="Set NAME=VALUE in the environment before the app loads. Repeatable.")
+    callable = Scalar(NON_EMPTY, "application", help="Name of the WSGI callable in the file or module.")
+    env = Multi(KEY_VALUE, help="Set NAME=VALUE in the environment before the app loads. Repeatable.")
     buffer_size = Scalar(
         integer(1, 65535, "BYTES"),
         4096,
         short="b",
-        planned=True,
         help="Largest request header (vars block) an app worker accepts.",
     )
-    max_vars = Scalar(POSITIVE, 64, short="v", planned=True, help="Most request vars an app worker accepts, halved.")
-    processes = Scalar(POSITIVE, 1, short="p", aliases=["workers"], planned=True, help="Number of app workers.")
-    harakiri = Scalar(
-        SECONDS, 0, short="t", planned=True, help="Kill and respawn an app worker stuck on one request this long."
-    )
-    need_app = Flag(arg=Arg.OPTIONAL, planned=True, help="Exit if the app cannot be loaded.")
+    max_vars = Scalar(POSITIVE, 64, short="v", help="Most request vars an app worker accepts, halved.")
+    processes = Scalar(POSITIVE, 1, short="p", aliases=["workers"], help="Number of app workers.")
+    harakiri = Scalar(SECONDS, 0, short="t", help="Kill and respawn an app worker stuck on one request this long.")
+    need_app = Flag(arg=Arg.OPTIONAL, help="Exit if the app cannot be loaded.")
     enable_threads = Flag(short="T", help="Accepted for compatibility; has no effect.")
-    disable_logging = Flag(short="L", planned=True, help="Do not log each request served by app workers.")
+    disable_logging = Flag(short="L", help="Do not log each request served by app workers.")

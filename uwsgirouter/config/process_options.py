@@ -9,42 +9,38 @@ from uwsgirouter.config.setting import Flag, Multi, Scalar
 class ProcessOptions:
     GROUP = "Master and processes"
 
-    master = Flag(short="M", planned=True, help="Run a master that supervises and respawns the processes.")
-    reload_mercy = Scalar(
-        SECONDS, 60, planned=True, help="Seconds the master waits for processes to end on reload or stop."
-    )
+    master = Flag(short="M", help="Run a master that supervises and respawns the processes.")
+    reload_mercy = Scalar(SECONDS, 60, help="Seconds the master waits for processes to end on reload or stop.")
     worker_reload_mercy = Scalar(
-        SECONDS, 60, planned=True, help="Seconds one worker may take to finish its requests on reload or stop."
+        SECONDS, 60, help="Seconds one worker may take to finish its requests on reload or stop."
     )
     die_on_term = Flag(
         help="Accepted for compatibility: SIGTERM always stops gracefully in uwsgirouter (uWSGI 2.0 reloads)."
     )
-    pidfile: Scalar[str | None] = Scalar(PATH, None, planned=True, help="Write the master's pid to this file.")
+    pidfile: Scalar[str | None] = Scalar(PATH, None, help="Write the master's pid to this file.")
     pidfile2: Scalar[str | None] = Scalar(
-        PATH, None, planned=True, help="Write the master's pid to this file after dropping privileges."
+        PATH, None, help="Write the master's pid to this file after dropping privileges."
     )
-    daemonize: Scalar[str | None] = Scalar(
-        PATH, None, short="d", planned=True, help="Detach from the terminal and log to this file."
-    )
-    logto: Scalar[str | None] = Scalar(PATH, None, planned=True, help="Log to this file instead of stderr.")
-    uid: Scalar[str | None] = Scalar(NON_EMPTY, None, planned=True, help="Drop privileges to this user.")
-    gid: Scalar[str | None] = Scalar(NON_EMPTY, None, planned=True, help="Drop privileges to this group.")
-    chdir: Scalar[str | None] = Scalar(PATH, None, planned=True, help="Change to this directory at start.")
-    vacuum = Flag(planned=True, help="Remove the UNIX sockets and the pidfile at exit.")
+    daemonize: Scalar[str | None] = Scalar(PATH, None, short="d", help="Detach from the terminal and log to this file.")
+    logto: Scalar[str | None] = Scalar(PATH, None, help="Log to this file instead of stderr.")
+    uid: Scalar[str | None] = Scalar(NON_EMPTY, None, help="Drop privileges to this user.")
+    gid: Scalar[str | None] = Scalar(NON_EMPTY, None, help="Drop privileges to this group.")
+    chdir: Scalar[str | None] = Scalar(PATH, None, help="Change to this directory at start.")
+    vacuum = Flag(help="Remove the UNIX sockets and the pidfile at exit.")
     reload: Scalar[str | None] = Scalar(
-        PATH, None, planned=True, help="Gracefully reload the instance whose pid is in this file, then exit."
+        PATH, None, help="Gracefully reload the instance whose pid is in this file, then exit."
     )
     stop: Scalar[str | None] = Scalar(
-        PATH, None, planned=True, help="Stop the instance whose pid is in this file (SIGINT), then exit."
+        PATH, None, help="Stop the instance whose pid is in this file (SIGINT), then exit."
     )
     master_fifo = Multi(PATH, planned=True, help="Control the master through this FIFO (uWSGI's commands).")
-    auto_procname = Flag(planned=True, help="Name processes 'uwsgirouter master', 'uwsgirouter fastrouter 1', ...")
-    procname_prefix = Scalar(TEXT, "", planned=True, help="Prefix for every process name.")
-    procname_prefix_spaced = Scalar(TEXT, "", planned=True, help="Prefix for every process name, then a space.")
-    procname_append = Scalar(TEXT, "", planned=True, help="Suffix for every process name.")
-    procname: Scalar[str | None] = Scalar(NON_EMPTY, None, planned=True, help="Name of every process.")
-    procname_master: Scalar[str | None] = Scalar(NON_EMPTY, None, planned=True, help="Name of the master process.")
-    stats_http = Flag(planned=True, help="Prefix the stats server's JSON with HTTP response headers.")
+    auto_procname = Flag(help="Name processes 'uwsgirouter master', 'uwsgirouter fastrouter 1', ...")
+    procname_prefix = Scalar(TEXT, "", help="Prefix for every process name.")
+    procname_prefix_spaced = Scalar(TEXT, "", help="Prefix for every process name, then a space.")
+    procname_append = Scalar(TEXT, "", help="Suffix for every process name.")
+    procname: Scalar[str | None] = Scalar(NON_EMPTY, None, help="Name of every process.")
+    procname_master: Scalar[str | None] = Scalar(NON_EMPTY, None, help="Name of the master process.")
+    stats_http = Flag(help="Prefix the stats server's JSON with HTTP response headers.")
 
 
 class ConfigOptions:

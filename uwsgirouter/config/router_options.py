@@ -108,12 +108,11 @@ class RouterOptions:
     )
     fastrouter_subscription_server = Multi(
         ADDRESS,
-        planned=True,
         help="Run a subscription server on this UDP host:port (or UNIX datagram path) where instances announce "
         "themselves. Repeatable.",
     )
     fastrouter_subscription_fallback_key: Scalar[str | None] = Scalar(
-        NON_EMPTY, None, planned=True, help="Subscription key to use when the request's key has no node."
+        NON_EMPTY, None, help="Subscription key to use when the request's key has no node."
     )
     fastrouter_subscription_slot: Scalar[str | None] = Scalar(
         TEXT, None, help="Deprecated in uWSGI and ignored: the node table has no fixed slots."
@@ -132,23 +131,22 @@ class RouterOptions:
         ADDRESS,
         None,
         aliases=["fastrouter-stats-server", "fastrouter-ss"],
-        planned=True,
         help="Serve the router's statistics as JSON on this address.",
     )
     fastrouter_harakiri = Scalar(
-        SECONDS, 0, planned=True, help="Kill and respawn a router process stuck for this many seconds (0 = never)."
+        SECONDS, 0, help="Kill and respawn a router process stuck for this many seconds (0 = never)."
     )
     fastrouter_uid: Scalar[str | None] = Scalar(
-        NON_EMPTY, None, planned=True, help="Drop the router processes' privileges to this user."
+        NON_EMPTY, None, help="Drop the router processes' privileges to this user."
     )
     fastrouter_gid: Scalar[str | None] = Scalar(
-        NON_EMPTY, None, planned=True, help="Drop the router processes' privileges to this group."
+        NON_EMPTY, None, help="Drop the router processes' privileges to this group."
     )
     fastrouter_resubscribe = Multi(
-        ADDRESS, planned=True, help="Forward every subscription received to this subscription server. Repeatable."
+        ADDRESS, help="Forward every subscription received to this subscription server. Repeatable."
     )
     fastrouter_resubscribe_bind: Scalar[Address | None] = Scalar(
-        ADDRESS, None, planned=True, help="Send forwarded subscriptions from this local address."
+        ADDRESS, None, help="Send forwarded subscriptions from this local address."
     )
     fastrouter_zerg: Scalar[str | None] = Scalar(
         NON_EMPTY, None, planned=True, help="Take listening sockets from a uWSGI zerg server."

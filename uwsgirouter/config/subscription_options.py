@@ -23,25 +23,22 @@ class SubscriptionServerOptions:
     subscription_tolerance = Scalar(
         POSITIVE,
         17,
-        planned=True,
         help="Seconds without an announce after which a node is dropped (checked on a timer, unlike uWSGI).",
     )
     subscription_algo = Scalar(
         choice("wrr", "lrc", "wlrc"),
         "wrr",
-        planned=True,
         help="How requests are spread over the nodes of one key: wrr (smooth weighted round robin, exact "
         "weights), lrc (least reference count), wlrc (lrc divided by weight).",
     )
     subscription_dotsplit = Flag(
-        planned=True,
         help="On a miss, retry with the key cut at the next dot (a.b.example.com -> .b.example.com -> ...).",
     )
     subscription_max_nodes = Scalar(
-        POSITIVE, 4096, planned=True, help="Capacity of the node table; new nodes beyond it are refused and logged."
+        POSITIVE, 4096, help="Capacity of the node table; new nodes beyond it are refused and logged."
     )
     subscription_max_keys = Scalar(
-        POSITIVE, 1024, planned=True, help="Capacity of the key table; new keys beyond it are refused and logged."
+        POSITIVE, 1024, help="Capacity of the key table; new keys beyond it are refused and logged."
     )
     subscriptions_sign_check: Scalar[str | None] = Scalar(
         NON_EMPTY,
@@ -69,28 +66,24 @@ class SubscriberOptions:
     subscribe_to = Multi(
         NON_EMPTY,
         aliases=["st", "subscribe"],
-        planned=True,
         help="Announce this instance to a subscription server: [ADDR=]SERVER:KEY[,MODIFIER1[,SIGN]] or "
         "[ADDR=]SERVER:@MAPFILE. Repeatable.",
     )
     subscribe2 = Multi(
         KEYVAL_LIST,
-        planned=True,
         help="Announce with key=value syntax: server=,key=,addr=,socket=,weight=,modifier1=,modifier2=,check=.",
     )
-    subscribe_freq = Scalar(POSITIVE, 10, planned=True, help="Seconds between two announces.")
+    subscribe_freq = Scalar(POSITIVE, 10, help="Seconds between two announces.")
     subscription_notify_socket: Scalar[Address | None] = Scalar(
         ADDRESS, None, planned=True, help="Datagram address where subscription servers send their acknowledgements."
     )
-    weight = Scalar(COUNT, 0, planned=True, help="Weight announced to subscription servers (0 counts as 1).")
-    auto_weight = Flag(
-        arg=Arg.REQUIRED, planned=True, help="Announce processes x cores as the weight (takes a value, as in uWSGI)."
-    )
+    weight = Scalar(COUNT, 0, help="Weight announced to subscription servers (0 counts as 1).")
+    auto_weight = Flag(arg=Arg.REQUIRED, help="Announce processes x cores as the weight (takes a value, as in uWSGI).")
     subscribe_with_modifier1: Scalar[int | None] = Scalar(
-        MODIFIER, None, planned=True, help="Announce this modifier1 whatever the subscription line says."
+        MODIFIER, None, help="Announce this modifier1 whatever the subscription line says."
     )
-    unsubscribe_on_graceful_reload = Flag(planned=True, help="Unsubscribe also during a graceful reload.")
-    start_unsubscribed = Flag(planned=True, help="Prepare the subscriptions but send none (nor unsubscribes).")
+    unsubscribe_on_graceful_reload = Flag(help="Unsubscribe also during a graceful reload.")
+    start_unsubscribed = Flag(help="Prepare the subscriptions but send none (nor unsubscribes).")
 
 
 class CacheOptions:

@@ -21,6 +21,7 @@ from uwsgirouter.config import Config
 from uwsgirouter.router.mappers import Mapper, static_nodes
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.session import Session
+from uwsgirouter.router.stats import StatsReply, render
 from uwsgirouter.sock import Listener
 
 log = logging.getLogger("uwsgirouter.router")
@@ -63,8 +64,14 @@ class RouterWorker:
         mapper: Mapper,
         number: int = 1,
         beat: Callable[[], None] | None = None,
+        stats: Listener | None = None,
+        stats_names: Sequence[str] = (),
     ) -> None:
         self.number = number
+        self.stats_listener = stats
+        self.stats_names = list(stats_names) or [listener.name for listener in listeners]
+        self.stats_http = config.stats_http
+        self.stats_replies: set[StatsReply] = set()
         self.beat = beat or (lambda: None)
         self.listeners = list(listeners)
         self.mapper = mapper
@@ -201,6 +208,9 @@ class RouterWorker:
             sock = listener.sock
             self.handlers[listener.fileno()] = lambda events, sock=sock: self._accept(sock)  # type: ignore[misc]
             self.ep.register(listener.fileno(), EPOLLIN)
+        if self.stats_listener is not None:
+            self.handlers[self.stats_listener.fileno()] = self._serve_stats
+            self.ep.register(self.stats_listener.fileno(), EPOLLIN)
         self.accepting = True
         self.beat()
         next_sweep = self.now + SWEEP_INTERVAL_S
@@ -225,6 +235,23 @@ class RouterWorker:
                 break
         self._close_all()
         return 0
+
+    def _serve_stats(self, events: int) -> None:
+        """A stats client connected: render the document and write it out as the client reads."""
+        assert self.stats_listener is not None
+        try:
+            client, _ = self.stats_listener.sock.accept()
+        except OSError:
+            return
+        reply = StatsReply(client, render(self, self.stats_names, self.stats_http), self._stats_done)
+        self.stats_replies.add(reply)
+        self.handlers[client.fileno()] = reply.on_writable
+        self.ep.register(client.fileno(), select.EPOLLOUT)
+
+    def _stats_done(self, reply: StatsReply) -> None:
+        self.stats_replies.discard(reply)
+        self.remove_fd(reply.sock.fileno())
+        reply.sock.close()
 
     def _sweep(self) -> None:
         """Once a second: idle sessions time out; a worker whose master died leaves."""

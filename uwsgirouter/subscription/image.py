@@ -21,7 +21,7 @@ _WORD = struct.Struct("=Q")
 _HEADER_SIZE = 16
 _READ_TRIES = 1000
 
-Snapshot = list[tuple[bytes, list[tuple[bytes, int, int, int, bool]]]]
+Snapshot = list[tuple[bytes, list[tuple[Any, ...]]]]
 
 
 class TableImage:

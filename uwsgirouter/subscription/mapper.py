@@ -25,9 +25,11 @@ DOTSPLIT_LOOKUPS = 5
 class Pool:
     """The nodes of one key, with the balancing algorithm's state."""
 
-    __slots__ = ("dead", "nodes", "weights")
+    __slots__ = ("dead", "details", "hits", "nodes", "weights")
 
     def __init__(self) -> None:
+        self.hits = 0
+        self.details: dict[Node, list[int]] = {}  # cores, load, last announce, failures (for the stats)
         self.nodes: list[Node] = []
         self.weights: dict[Node, int] = {}
         self.dead: set[Node] = set()
@@ -67,7 +69,7 @@ class SubscriptionMapper(Mapper):
         pools: dict[bytes, Pool] = {}
         for key, entries in snapshot:
             pool = Pool()
-            for address, modifier1, modifier2, weight, dead in entries:
+            for address, modifier1, modifier2, weight, dead, *details in entries:
                 name = address.decode("utf-8", "surrogateescape")
                 node = old.get((key, name))
                 if node is None or node.modifier1 != modifier1 or node.modifier2 != modifier2:
@@ -78,8 +80,11 @@ class SubscriptionMapper(Mapper):
                         continue
                 pool.nodes.append(node)
                 pool.weights[node] = weight
+                pool.details[node] = details
                 if dead:
                     pool.dead.add(node)
+            previous = self.pools.get(key)
+            pool.hits = previous.hits if previous is not None else 0
             pools[key] = pool
         self.pools = pools
         alive = {node for pool in pools.values() for node in pool.nodes}
@@ -113,6 +118,7 @@ class SubscriptionMapper(Mapper):
         pool = self._pool_for(key)
         if pool is None:
             return None
+        pool.hits += 1
         live = [n for n in pool.nodes if n not in pool.dead and n not in tried]
         if not live:
             return None

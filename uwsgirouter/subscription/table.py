@@ -15,6 +15,9 @@ from enum import Enum
 
 from uwsgirouter.protocol import Command, Subscription
 
+#: address, modifier1, modifier2, weight, death mark, cores, load, last announce (unix time), failures
+PublishedNode = tuple[bytes, int, int, int, bool, int, int, int, int]
+
 
 class Change(Enum):
     ADDED = "added"
@@ -40,9 +43,19 @@ class TableNode:
     failcnt: int = 0
     last_requests: int = 0
 
-    def publish(self) -> tuple[bytes, int, int, int, bool]:
-        """What routers need to route: address, modifiers, weight, dead or alive."""
-        return self.address, self.modifier1, self.modifier2, self.weight, self.death_mark
+    def publish(self) -> PublishedNode:
+        """What routers need to route (address, modifiers, weight, dead or alive), then for the stats."""
+        return (
+            self.address,
+            self.modifier1,
+            self.modifier2,
+            self.weight,
+            self.death_mark,
+            self.cores,
+            self.load,
+            int(self.last_check),
+            self.failcnt,
+        )
 
 
 class NodeTable:
@@ -117,6 +130,6 @@ class NodeTable:
     def live_count(self) -> int:
         return sum(1 for nodes in self.keys.values() for n in nodes if not n.death_mark)
 
-    def snapshot(self) -> list[tuple[bytes, list[tuple[bytes, int, int, int, bool]]]]:
+    def snapshot(self) -> list[tuple[bytes, list[PublishedNode]]]:
         """The routing view published to the router workers."""
         return [(key, [n.publish() for n in nodes]) for key, nodes in self.keys.items()]

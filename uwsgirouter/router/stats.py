@@ -1,0 +1,122 @@
+"""The stats server of router process 1 (``--fastrouter-stats``): one JSON document per connection.
+
+The layout is uWSGI's (reference 3.9), so tools written for it keep working; it is always valid JSON
+(DECISIONS D13) and extra fields are only ever added. Counters are those of the serving process,
+as in uWSGI. The document is written without blocking the router: a slow reader just waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from uwsgirouter import __version__
+from uwsgirouter.router.mappers import StaticMapper
+from uwsgirouter.subscription.mapper import SubscriptionMapper
+
+if TYPE_CHECKING:
+    from uwsgirouter.router.worker import RouterWorker
+
+UWSGI_VERSION = "2.0.31"
+
+
+def djb33x_bucket(key: bytes) -> int:
+    """uWSGI's hash bucket of a subscription key (``djb33x % 65535``), shown as "hash"."""
+    value = 5381
+    for byte in key:
+        value = ((value * 33) ^ byte) & 0xFFFFFFFF
+    return value % 65535
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def stats_document(worker: RouterWorker, names: Sequence[str], cheap: bool = False) -> dict[str, Any]:
+    """The whole document, keys in uWSGI's order."""
+    doc: dict[str, Any] = {
+        "version": UWSGI_VERSION,
+        "uwsgirouter_version": __version__,
+        "pid": os.getpid(),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "cwd": os.getcwd(),
+        "active_sessions": len(worker.sessions),
+        "fastrouter": list(names),
+    }
+    mapper = worker.mapper
+    wall_offset = time.time() - time.monotonic()
+    if isinstance(mapper, StaticMapper):
+        doc["static_nodes"] = [
+            {"name": n.name, "hits": n.stats.hits, "grace": int(n.dead_until + wall_offset) if n.dead_until else 0}
+            for n in mapper.nodes
+        ]
+    if isinstance(mapper, SubscriptionMapper):
+        mapper.refresh()
+        subscriptions = []
+        for key, pool in mapper.pools.items():
+            nodes = []
+            for node in pool.nodes:
+                cores, load, last_check, failcnt = (pool.details.get(node) or [0, 0, 0, 0])[:4]
+                nodes.append(
+                    {
+                        "name": node.name,
+                        "modifier1": node.modifier1,
+                        "modifier2": node.modifier2,
+                        "last_check": last_check,
+                        "pid": 0,
+                        "uid": 0,
+                        "gid": 0,
+                        "requests": node.stats.hits,
+                        "last_requests": 0,
+                        "tx": node.stats.bytes_from_node,
+                        "rx": node.stats.bytes_to_node,
+                        "cores": cores,
+                        "load": load,
+                        "weight": pool.weights.get(node, 1),
+                        "wrr": mapper.current.get(node, 0),
+                        "ref": mapper.references.get(node, 0),
+                        "failcnt": failcnt + node.stats.failures,
+                        "death_mark": 1 if node in pool.dead else 0,
+                    }
+                )
+            subscriptions.append(
+                {"key": _text(key), "hash": djb33x_bucket(key), "hits": pool.hits, "sni_enabled": 0, "nodes": nodes}
+            )
+        doc["subscriptions"] = subscriptions
+    doc["cheap"] = 1 if cheap else 0
+    return doc
+
+
+class StatsReply:
+    """Writes one document to one stats client without ever blocking the router's loop."""
+
+    __slots__ = ("data", "done", "sock")
+
+    def __init__(self, sock: socket.socket, data: bytes, done: Callable[[StatsReply], None]) -> None:
+        self.sock = sock
+        self.data = memoryview(data)
+        self.done = done
+
+    def on_writable(self, events: int) -> None:
+        try:
+            sent = self.sock.send(self.data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            sent = len(self.data)
+        self.data = self.data[sent:]
+        if not self.data:
+            self.done(self)
+
+
+def render(worker: RouterWorker, names: Sequence[str], http: bool = False, cheap: bool = False) -> bytes:
+    body = json.dumps(stats_document(worker, names, cheap), indent="\t").encode()
+    if http:
+        head = f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        return head.encode() + body
+    return body
