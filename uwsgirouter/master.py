@@ -23,6 +23,7 @@ from uwsgirouter.errors import ConfigError, HaltServer
 from uwsgirouter.heartbeat import HeartbeatTable
 from uwsgirouter.logs import set_process_label
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
+from uwsgirouter.router.code_mapper import CodeMapper, load_mapper_function
 from uwsgirouter.router.mappers import Mapper, build_mapper
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.worker import RouterWorker
@@ -128,10 +129,16 @@ class Master:
         self.argv = list(argv)
         self.environ = dict(environ or {})
         self.sockets = Sockets(config)
+        try:
+            self._setup(config)
+        except BaseException:
+            self.sockets.close()
+            raise
+
+    def _setup(self, config: Config) -> None:
         routers = config.fastrouter_processes if self.sockets.router else 0
         apps = config.processes if self.sockets.app else 0
         if not routers and not apps:
-            self.sockets.close()
             raise HaltServer("nothing to run: give --fastrouter ADDR and/or --socket ADDR with an app", 1)
         self.heartbeats = HeartbeatTable(2 * (routers + apps))
         self.arbiter = Arbiter(
@@ -153,6 +160,9 @@ class Master:
         if self.sockets.subscription:
             self._start_subscription_server(config)
         self.subscriber = self._make_subscriber(config, apps)
+        self.code_function: Callable[[str], object] | None = None
+        if config.fastrouter_use_code_string is not None:
+            self.code_function = load_mapper_function(*config.fastrouter_use_code_string)
 
     def _start_subscription_server(self, config: Config) -> None:
         table = NodeTable(config.subscription_max_nodes, config.subscription_max_keys, config.subscription_tolerance)
@@ -241,7 +251,8 @@ class Master:
             logging.shutdown()
 
     def _router_mapper(self, config: Config) -> Mapper:
-        """uWSGI's precedence: use-pattern > subscription server > use-base > use-socket > to."""
+        """uWSGI's precedence: use-cache > use-pattern > subscription server > use-base > use-code-string >
+        use-socket > to."""
         if self.image is not None and config.fastrouter_use_pattern is None:
             fallback = config.fastrouter_subscription_fallback_key
             return SubscriptionMapper(
@@ -251,6 +262,8 @@ class Master:
                 dotsplit=config.subscription_dotsplit,
                 fallback_key=fallback.encode() if fallback else None,
             )
+        if self.code_function is not None and config.fastrouter_use_base is None:
+            return CodeMapper(self.code_function)
         return build_mapper(config, self.sockets.app_names) or NoMapper()
 
     def _run_app_worker(self, spec: WorkerSpec, beat: Callable[..., None]) -> int:

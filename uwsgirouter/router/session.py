@@ -8,7 +8,6 @@ unsent bytes are above the high-water mark, so memory per session stays bounded.
 
 from __future__ import annotations
 
-import errno
 import logging
 import select
 import socket
@@ -22,10 +21,11 @@ from uwsgirouter.protocol import (
     RemoteProtocolError,
     RequestHead,
     RequestReader,
-    routing_key,
+    content_length,
 )
-from uwsgirouter.router.mappers import UnsafeKey
+from uwsgirouter.router.connector import BUFFERING, CLOSING, CONNECTING, DONE, HEAD, RELAY, Connector
 from uwsgirouter.router.nodes import Node
+from uwsgirouter.router.postbuffer import BodyBuffer
 from uwsgirouter.router.responses import error_response, printable
 
 if TYPE_CHECKING:
@@ -37,41 +37,19 @@ EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 _BROKEN = select.EPOLLERR | select.EPOLLHUP
 _READABLE = EPOLLIN | _BROKEN
-_SOCK_FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-_SOL_SOCKET = socket.SOL_SOCKET
-_SO_ERROR = socket.SO_ERROR
-_EINPROGRESS = errno.EINPROGRESS
 #: The client socket stays blocking at the OS level (no ioctl after accept); every call on it says
 #: MSG_DONTWAIT instead, so it never blocks the loop.
 _DONTWAIT = socket.MSG_DONTWAIT
 
-HEAD, CONNECTING, RELAY, CLOSING, DONE = range(5)
+
+#: Bytes of a spilled (post-buffered) body read from its file per send.
+FILE_CHUNK = 1 << 16
 
 
-class Session:
+class Session(Connector):
     """State of one client connection and, once chosen, its backend connection."""
 
-    __slots__ = (
-        "backend",
-        "backend_eof",
-        "bfd",
-        "bmask",
-        "cfd",
-        "client",
-        "client_eof",
-        "cmask",
-        "head",
-        "key",
-        "last_active",
-        "node",
-        "reader",
-        "replied",
-        "state",
-        "to_backend",
-        "to_client",
-        "tried",
-        "worker",
-    )
+    __slots__ = ()
 
     def __init__(self, worker: RouterWorker, client: socket.socket) -> None:
         self.worker = worker
@@ -92,6 +70,8 @@ class Session:
         self.client_eof = False
         self.backend_eof = False
         self.replied = False  # bytes were sent to the client (no error page possible any more)
+        self.body: BodyBuffer | None = None  # a post-buffered body, until it is all sent
+        self.after_body = bytearray()  # client bytes that arrived after a post-buffered body
         self.last_active = worker.now
 
     # -- events ---------------------------------------------------------------------------------
@@ -137,15 +117,60 @@ class Session:
         if self.state == HEAD:
             self._feed_head(data)
             return
+        if self.state == BUFFERING:
+            if not data:
+                self.client_eof = True
+                self._abort("the client went away during its upload")
+                return
+            self._feed_body(data)
+            return
         if not data:
             self.client_eof = True
-            if not self.to_backend and self.state == RELAY:
+            if self.state == RELAY and not self._backend_pending():
                 self._shutdown_backend()
             return
-        if self.state == RELAY and not self.to_backend:
+        if self.body is not None:
+            self.after_body += data
+        elif self.state == RELAY and not self.to_backend:
             self._send_backend(data)
         else:
             self.to_backend += data
+
+    def _backend_pending(self) -> bool:
+        return bool(self.to_backend) or self.body is not None
+
+    def _start_buffering(self, head: RequestHead) -> bool:
+        """Post-buffering: hold the body before choosing a node; True if the body is incomplete."""
+        length = content_length(head.vars)
+        if length <= 0:
+            return False
+        worker = self.worker
+        self.body = BodyBuffer(length, worker.post_buffering, worker.post_buffering_dir)
+        early, self.to_backend = bytes(self.to_backend), bytearray()
+        self._feed_body(early)
+        return self.state == BUFFERING
+
+    def _feed_body(self, data: bytes) -> None:
+        body = self.body
+        assert body is not None
+        try:
+            extra = body.feed(data)
+        except OSError as exc:
+            log.error("key %s: cannot buffer the request body: %s", printable(self.key), exc)
+            self._reply_error(503, "the router cannot buffer the request body")
+            return
+        if not body.complete:
+            self.state = BUFFERING
+            return
+        if body.spilled:
+            self.after_body += extra
+        else:
+            self.to_backend = body.memory + extra
+            body.close()
+            self.body = None
+        if self.state == BUFFERING:
+            self.state = HEAD
+            self._route()
 
     def _feed_head(self, data: bytes) -> None:
         reader = self.reader
@@ -171,6 +196,15 @@ class Session:
         if isinstance(rest, EndOfInput):
             self.client_eof = True
         self.reader = None
+        if self.worker.post_buffering:
+            try:
+                if self._start_buffering(event):
+                    return
+            except RemoteProtocolError as exc:
+                self._reply_error(exc.error_status_hint, "invalid CONTENT_LENGTH")
+                return
+            if self.state == DONE or self.state == CLOSING:
+                return
         self._route()
 
     def _send_client(self, data: bytes) -> None:
@@ -198,141 +232,6 @@ class Session:
         if not self.to_client and (self.backend_eof or self.state == CLOSING):
             self._finish()
 
-    # -- routing and connecting -----------------------------------------------------------------
-
-    def _route(self) -> None:
-        worker = self.worker
-        assert self.head is not None
-        self.key = worker.force_key or routing_key(self.head.vars)
-        if worker.shutting_down:
-            self._reply_error(503, "the router is shutting down")
-            return
-        if not self.key:
-            log.warning("request without a key (UWSGI_FASTROUTER_KEY, HTTP_HOST or SERVER_NAME): answered 502")
-            self._reply_error(502, "the request names no host")
-            return
-        self._connect_next()
-
-    def _choose(self) -> Node | None:
-        worker = self.worker
-        attempts = len(self.tried)
-        fallbacks = worker.fallbacks
-        if attempts and (attempts > worker.max_retries):
-            return None
-        if attempts and fallbacks:
-            for node in fallbacks:
-                if node not in self.tried:
-                    return node
-            return None
-        picked = worker.mapper.pick(self.key, self.tried, worker.now)
-        if picked is None and not attempts and worker.fallback_on_no_key and fallbacks:
-            return fallbacks[0]
-        return picked
-
-    def _connect_next(self) -> None:
-        while True:
-            try:
-                node = self._choose()
-            except UnsafeKey as exc:
-                log.warning("key %s refused: %s; answered 502", printable(self.key), exc)
-                self._reply_error(502, f"no node for key {printable(self.key)}")
-                return
-            if node is None:
-                if self.tried:
-                    self._reply_error(502, f"no node could be reached for key {printable(self.key)}")
-                else:
-                    log.warning("key %s: no node; answered 502", printable(self.key))
-                    self._reply_error(502, f"no node for key {printable(self.key)}")
-                return
-            self.tried.append(node)
-            self.node = node
-            try:
-                sock = socket.socket(node.family, _SOCK_FLAGS)
-            except OSError as exc:
-                log.error("key %s: cannot create a socket for node %s: %s", printable(self.key), node.name, exc)
-                self._reply_error(503, "the router is out of resources")
-                return
-            try:
-                err = sock.connect_ex(node.sockaddr)
-            except OSError as exc:  # an address the kernel refuses outright
-                err = exc.errno or errno.EINVAL
-            if err == 0 or err == _EINPROGRESS:
-                # Send the head at once: on loopback and UNIX sockets the connection is already up,
-                # which saves a poll round and two epoll_ctl calls per request. A remote node still
-                # handshaking answers EAGAIN, and then we wait for writability as usual.
-                out = self._backend_head(node)
-                try:
-                    sent = sock.send(out)
-                except BlockingIOError:
-                    self._attach_backend(sock, EPOLLOUT)
-                    self.state = CONNECTING
-                    return
-                except OSError as exc:
-                    err = exc.errno or errno.ECONNREFUSED
-                else:
-                    self._attach_backend(sock, EPOLLIN)
-                    self._established(out, sent)
-                    return
-            sock.close()
-            self._connect_failed(node, err)
-
-    def _attach_backend(self, sock: socket.socket, mask: int) -> None:
-        self.backend = sock
-        self.bfd = sock.fileno()
-        self.bmask = mask
-        self.worker.add_backend(self, mask)
-
-    def _backend_head(self, node: Node) -> bytes:
-        """The client's header and vars with the node's modifiers (reference 3.4), then any early body."""
-        head = self.head
-        assert head is not None
-        out = bytearray(head.raw)
-        out[0] = node.modifier1
-        out[3] = node.modifier2
-        if self.to_backend:
-            out += self.to_backend
-        return bytes(out)
-
-    def _connect_finished(self) -> None:
-        """The node became writable while connecting: the handshake ended, well or badly."""
-        assert self.backend is not None and self.node is not None
-        err = self.backend.getsockopt(_SOL_SOCKET, _SO_ERROR)
-        if err == 0:
-            out = self._backend_head(self.node)
-            try:
-                sent = self.backend.send(out)
-            except OSError as exc:
-                err = exc.errno or errno.ECONNREFUSED
-            else:
-                self._established(out, sent)
-                return
-        self._drop_backend()
-        self._connect_failed(self.node, err)
-        self._connect_next()
-
-    def _connect_failed(self, node: Node, err: int) -> None:
-        node.stats.failures += 1
-        self.worker.mapper.failed(node, self.worker.now)
-        if not self.worker.quiet:
-            log.warning(
-                "key %s: unable to connect to node %s (%d retries): %s",
-                printable(self.key),
-                node.name,
-                len(self.tried) - 1,
-                errno.errorcode.get(err, str(err)) if err else "timeout",
-            )
-
-    def _established(self, out: bytes, sent: int) -> None:
-        """The head (and early body) went out, ``sent`` bytes of ``out`` at least: relay from now on."""
-        node = self.node
-        assert node is not None
-        node.stats.hits += 1
-        node.stats.bytes_to_node += sent
-        self.state = RELAY
-        self.to_backend = bytearray(memoryview(out)[sent:]) if sent < len(out) else bytearray()
-        if self.client_eof and not self.to_backend:
-            self._shutdown_backend()
-
     # -- backend side ---------------------------------------------------------------------------
 
     def _send_backend(self, data: bytes) -> None:
@@ -350,19 +249,37 @@ class Session:
 
     def _flush_backend(self) -> None:
         assert self.backend is not None and self.node is not None
-        if not self.to_backend:
-            return
-        try:
-            sent = self.backend.send(self.to_backend)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._backend_failed(f"send failed: {exc.strerror}")
-            return
-        self.node.stats.bytes_to_node += sent
-        del self.to_backend[:sent]
-        if not self.to_backend and self.client_eof:
+        while True:
+            if not self.to_backend and self.body is not None:
+                self._refill_from_body()
+            if not self.to_backend:
+                break
+            try:
+                sent = self.backend.send(self.to_backend)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._backend_failed(f"send failed: {exc.strerror}")
+                return
+            self.node.stats.bytes_to_node += sent
+            del self.to_backend[:sent]
+            if self.to_backend or self.body is None:
+                break
+        if not self._backend_pending() and self.client_eof:
             self._shutdown_backend()
+
+    def _refill_from_body(self) -> None:
+        """Next chunk of a spilled body; once it is all sent, what the client sent after it."""
+        body = self.body
+        assert body is not None
+        chunk = body.next_chunk(FILE_CHUNK)
+        if chunk:
+            self.to_backend += chunk
+            return
+        body.close()
+        self.body = None
+        self.to_backend += self.after_body
+        self.after_body = bytearray()
 
     def _read_backend(self) -> None:
         assert self.backend is not None and self.node is not None
@@ -455,6 +372,9 @@ class Session:
     def _finish(self) -> None:
         if self.state == DONE:
             return
+        if self.body is not None:
+            self.body.close()
+            self.body = None
         self._drop_backend()
         self.state = DONE
         self.worker.remove_fd(self.cfd)
@@ -464,7 +384,12 @@ class Session:
     def _update_masks(self) -> None:
         high_water = self.worker.high_water
         cmask = 0
-        if not self.client_eof and self.state != CLOSING and len(self.to_backend) < high_water:
+        if (
+            not self.client_eof
+            and self.state != CLOSING
+            and len(self.to_backend) < high_water
+            and len(self.after_body) < high_water
+        ):
             cmask = EPOLLIN
         if self.to_client:
             cmask |= EPOLLOUT
@@ -477,7 +402,7 @@ class Session:
             bmask = EPOLLOUT
         else:
             bmask = EPOLLIN if not self.backend_eof and len(self.to_client) < high_water else 0
-            if self.to_backend:
+            if self.to_backend or self.body is not None:
                 bmask |= EPOLLOUT
         if bmask != self.bmask:
             self.bmask = bmask

@@ -83,6 +83,12 @@ class RouterWorker:
         self.fallback_on_no_key = config.fastrouter_fallback_on_no_key
         self.force_key = (config.fastrouter_force_key or "").encode("utf-8", "surrogateescape")
         self.quiet = config.fastrouter_quiet
+        # Cheap mode: accept only while the subscription table has a live node (D6: sessions in
+        # flight are never cut; going cheap only stops accepting, so a shared socket's app workers answer).
+        self.cheap_mode = config.fastrouter_cheap and hasattr(mapper, "live_nodes")
+        self.is_cheap = False
+        self.post_buffering = config.fastrouter_post_buffering
+        self.post_buffering_dir = config.fastrouter_post_buffering_dir
         self.mercy = float(config.worker_reload_mercy)
         #: on a graceful stop, heads still arriving when the last proxied request is done get this long
         self.head_grace = float(config.socket_timeout)
@@ -103,9 +109,9 @@ class RouterWorker:
 
     # -- registration helpers used by sessions ---------------------------------------------------
 
-    def add_backend(self, session: Session, mask: int) -> None:
-        self.handlers[session.bfd] = session.on_backend
-        self.ep.register(session.bfd, mask)
+    def add_fd(self, fd: int, handler: Callable[[int], None], mask: int) -> None:
+        self.handlers[fd] = handler
+        self.ep.register(fd, mask)
 
     def modify(self, fd: int, mask: int) -> None:
         self.ep.modify(fd, mask)
@@ -148,6 +154,23 @@ class RouterWorker:
             # With deferred accept the request is usually already here: read it without a poll round.
             session.on_client(EPOLLIN)
 
+    def _live_nodes(self) -> int:
+        return int(getattr(self.mapper, "live_nodes")())  # noqa: B009 - only SubscriptionMapper has it
+
+    def _go_cheap(self) -> None:
+        log.info("no more nodes available. Going cheap...")
+        self.is_cheap = True
+        self._pause_accepting()
+
+    def _check_cheap(self) -> None:
+        live = self._live_nodes()
+        if self.is_cheap and live:
+            log.info("leaving cheap mode...")
+            self.is_cheap = False
+            self._resume_accepting()
+        elif not self.is_cheap and not live and not self.stopping:
+            self._go_cheap()
+
     def _pause_accepting(self, pause: float = 0.0) -> None:
         if self.accepting:
             for listener in self.listeners:
@@ -157,7 +180,7 @@ class RouterWorker:
             self.accept_paused_until = self.now + pause
 
     def _resume_accepting(self) -> None:
-        if self.accepting or self.door_closed_at or self.now < self.accept_paused_until:
+        if self.accepting or self.is_cheap or self.door_closed_at or self.now < self.accept_paused_until:
             return
         if len(self.sessions) >= self.max_sessions:
             return
@@ -212,13 +235,17 @@ class RouterWorker:
             self.handlers[self.stats_listener.fileno()] = self._serve_stats
             self.ep.register(self.stats_listener.fileno(), EPOLLIN)
         self.accepting = True
+        if self.cheap_mode and not self._live_nodes():
+            self._go_cheap()
         self.beat()
         next_sweep = self.now + SWEEP_INTERVAL_S
         next_beat = self.now + BEAT_INTERVAL_S
         handlers = self.handlers
         poll = self.ep.poll
         while not self.exit_now:
-            for fd, events in poll(SWEEP_INTERVAL_S if self.accepting else ACCEPT_PAUSE_S, 512):
+            # A cheap-mode router wakes often: it must notice the first (or last) live node soon.
+            timeout = SWEEP_INTERVAL_S if self.accepting and not self.cheap_mode else ACCEPT_PAUSE_S
+            for fd, events in poll(timeout, 512):
                 handler = handlers.get(fd)
                 if handler is not None:
                     handler(events)
@@ -229,6 +256,8 @@ class RouterWorker:
             if now >= next_sweep:
                 next_sweep = now + SWEEP_INTERVAL_S
                 self._sweep()
+            if self.cheap_mode:
+                self._check_cheap()
             if not self.accepting:
                 self._resume_accepting()
             if self.stopping and self._drained():
@@ -243,7 +272,8 @@ class RouterWorker:
             client, _ = self.stats_listener.sock.accept()
         except OSError:
             return
-        reply = StatsReply(client, render(self, self.stats_names, self.stats_http), self._stats_done)
+        document = render(self, self.stats_names, self.stats_http, self.is_cheap)
+        reply = StatsReply(client, document, self._stats_done)
         self.stats_replies.add(reply)
         self.handlers[client.fileno()] = reply.on_writable
         self.ep.register(client.fileno(), select.EPOLLOUT)

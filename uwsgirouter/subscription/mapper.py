@@ -56,14 +56,15 @@ class SubscriptionMapper(Mapper):
         self.current: dict[Node, int] = {}  # smooth wrr state
         self.references: dict[Node, int] = {}  # in-flight sessions per node (lrc, wlrc)
         self.requests: dict[Node, int] = {}
+        self.live = 0
 
-    def refresh(self) -> None:
-        """Adopt the master's newest image, if there is one."""
+    def refresh(self) -> bool:
+        """Adopt the master's newest image, if there is one; True when it changed."""
         if self.image.sequence == self.seen:
-            return
+            return False
         result = self.image.read()
         if result is None:
-            return
+            return False
         self.seen, snapshot = result
         old = {(key, node.name): node for key, pool in self.pools.items() for node in pool.nodes}
         pools: dict[bytes, Pool] = {}
@@ -90,11 +91,13 @@ class SubscriptionMapper(Mapper):
         alive = {node for pool in pools.values() for node in pool.nodes}
         self.current = {n: v for n, v in self.current.items() if n in alive}
         self.requests = {n: v for n, v in self.requests.items() if n in alive}
+        self.live = sum(len(p.nodes) - len(p.dead) for p in pools.values())
+        return True
 
-    @property
     def live_nodes(self) -> int:
+        """Nodes not marked dead, across all keys (cheap mode watches it)."""
         self.refresh()
-        return sum(len(p.nodes) - len(p.dead) for p in self.pools.values())
+        return self.live
 
     def _pool_for(self, key: bytes) -> Pool | None:
         pool = self.pools.get(key)
@@ -162,7 +165,9 @@ class SubscriptionMapper(Mapper):
     def failed(self, node: Node, now: float) -> None:
         for key, pool in self.pools.items():
             if node in pool.nodes:
-                pool.dead.add(node)
+                if node not in pool.dead:
+                    pool.dead.add(node)
+                    self.live -= 1
                 if self.report is not None:
                     try:
                         self.report.send(key + b"\0" + node.name.encode("utf-8", "surrogateescape"))
