@@ -7,6 +7,8 @@ write a byte to a wakeup pipe; the loop below acts (see ``arbiter`` for the sign
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import select
@@ -15,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from uwsgirouter.address import Address
+from uwsgirouter.address import Address, UnixAddress
 from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, Arbiter, WorkerSpec
 from uwsgirouter.config import Config, load_config
 from uwsgirouter.config.checks import check_config
@@ -55,6 +57,7 @@ class Sockets:
         self.router: list[Listener] = []
         self.subscription: list[socket.socket] = []
         self.stats: Listener | None = None
+        self.subscription_paths: list[str] = []
         defer = 0 if config.no_defer_accept else config.socket_timeout
         try:
             for key, address in _shared_in_order(config):
@@ -79,6 +82,8 @@ class Sockets:
                 except (OSError, ValueError) as exc:
                     raise ConfigError(f"--fastrouter-subscription-server {address}: {exc}") from None
                 self.subscription.append(sock)
+                if isinstance(address, UnixAddress):
+                    self.subscription_paths.append(address.path)
                 log.info("subscription server bound on %s fd %d", address, sock.fileno())
         except BaseException:
             self.close()
@@ -101,6 +106,9 @@ class Sockets:
         """Close all; a shared socket used as =N is closed (and its file removed) once."""
         for sock in self.subscription:
             sock.close()
+        for path in self.subscription_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         seen: set[int] = set()
         for listener in [*self.router, *self.app, *self.shared, *([self.stats] if self.stats else [])]:
             if id(listener) not in seen:
@@ -163,6 +171,33 @@ class Master:
         self.code_function: Callable[[str], object] | None = None
         if config.fastrouter_use_code_string is not None:
             self.code_function = load_mapper_function(*config.fastrouter_use_code_string)
+        self._run_master_python(config, apps)
+
+    def _run_master_python(self, config: Config, apps: int) -> None:
+        """Python the master runs before forking, with ``import uwsgi`` available (uWSGI does the same):
+        ``--import``/``--shared-import`` modules, and ``--file`` when there are no app workers to serve
+        it (a fastrouter-only instance: the seed's "Way 3" fills the cache this way)."""
+        from uwsgirouter.uwsgi_module import install
+        from uwsgirouter.workers.app_loader import AppLoadError, apply_env, run_file
+
+        scripts = [*config.import_, *config.shared_import]
+        if config.wsgi_file and not apps:
+            scripts.append(config.wsgi_file)
+        if not scripts:
+            return
+        install(config, worker_id=0, numproc=apps, masterpid=os.getpid())
+        apply_env(config)
+        for script in scripts:
+            try:
+                if script.endswith((".py", ".wsgi")) or os.sep in script:
+                    run_file(script)
+                else:
+                    importlib.import_module(script)
+            except AppLoadError as exc:
+                raise HaltServer(str(exc), APP_LOAD_ERROR) from None
+            except Exception as exc:
+                raise HaltServer(f"unable to import {script}: {exc!r}", APP_LOAD_ERROR) from None
+            log.info("ran %s in the master", script)
 
     def _start_subscription_server(self, config: Config) -> None:
         table = NodeTable(config.subscription_max_nodes, config.subscription_max_keys, config.subscription_tolerance)

@@ -11,12 +11,22 @@ values copy what uWSGI 2.0.31 gives a Python 3 app (checked against the real bin
 * ``worker_id()`` is 0 in the master and 1..N in workers; ``numproc`` is the number of workers.
 
 The module object is created once and updated in place, so an app that imported it in the master
-still sees the right ``worker_id()`` after the fork. Other parts (the cache API) add functions with
-``register``.
+still sees the right ``worker_id()`` after the fork. Other parts add functions with ``register``.
+
+The cache API (``cache_get`` ... ``cache_keys``) always exists, as in uWSGI; ``install_cache`` binds
+it to the instance's caches (until then every call finds no cache). Its return conventions are
+uWSGI 2.0.31's (``plugins/python/uwsgi_pymodule.c``, checked against the binary): True or None, never
+False; ``cache_get`` bytes or None; ``cache_num`` 0 for a missing or non-numeric item; ``cache_keys`` a
+list of bytes, ValueError when there is no such local cache. Keys and values are ``str`` (UTF-8) or
+``bytes``; ``expires`` and ``n`` are integers; the cache is named by a ``str`` (None or "" is the
+default); positional arguments only. A remote cache (``name@host:port``) is not supported: the call
+returns None (``cache_num`` 0) and the first use of each such name is logged.
 """
 
 from __future__ import annotations
 
+import logging
+import operator
 import os
 import socket
 import sys
@@ -26,9 +36,20 @@ from collections.abc import Iterable
 from typing import Any
 
 from uwsgirouter import __version__
+from uwsgirouter.cache import INT64_MAX, INT64_MIN, Cache, CacheSet
 from uwsgirouter.config import Config, Entry
 
-__all__ = ["MODULE_NAME", "UWSGI_VERSION", "build_opt", "install", "installed", "register", "set_worker_id"]
+__all__ = [
+    "MODULE_NAME",
+    "UWSGI_VERSION",
+    "build_opt",
+    "cache_functions",
+    "install",
+    "install_cache",
+    "installed",
+    "register",
+    "set_worker_id",
+]
 
 MODULE_NAME = "uwsgi"
 UWSGI_VERSION = b"2.0.31"
@@ -127,3 +148,131 @@ def installed() -> bool:
     """Whether ``sys.modules["uwsgi"]`` is ours."""
     module = sys.modules.get(MODULE_NAME)
     return module is not None and bool(getattr(module, "__uwsgirouter__", False))
+
+
+# == cache API ===========================================================================================
+
+_cache_log = logging.getLogger("uwsgirouter.cache")
+#: Remote cache names already logged (bounded: a program looping over new names cannot grow it).
+_remote_logged: set[str] = set()
+_MAX_REMOTE_LOGGED = 256
+
+
+def _data_arg(function: str, position: int, value: object) -> bytes:
+    """A key or value: ``str`` is UTF-8 encoded (strictly, as uWSGI's ``s#``), ``bytes`` taken as is."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise TypeError(f"{function}() argument {position} must be str or bytes, not {type(value).__name__}")
+
+
+def _int_arg(value: object) -> int:
+    """An integer argument as uWSGI's ``l``: int-like only (no float, no None), within a C long."""
+    number = operator.index(value)  # type: ignore[arg-type]
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise OverflowError("Python int too large to convert to C long")
+    return number
+
+
+def _name_arg(function: str, position: int, value: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"{function}() argument {position} must be str, not {type(value).__name__}")
+
+
+def cache_functions(caches: CacheSet | None) -> dict[str, Any]:
+    """The ``uwsgi.cache_*`` functions, bound to ``caches`` (None: the instance has no cache)."""
+
+    def lookup(function: str, position: int, name: object) -> Cache | None:
+        if name is None:
+            return caches.default if caches else None
+        text = _name_arg(function, position, name)
+        if "@" in text:
+            if text not in _remote_logged and len(_remote_logged) < _MAX_REMOTE_LOGGED:
+                _remote_logged.add(text)
+                _cache_log.warning("uwsgi.%s: remote cache %r is not supported by uwsgirouter", function, text)
+            return None
+        return caches.get_cache(text) if caches else None
+
+    def result(ok: bool) -> bool | None:
+        return True if ok else None
+
+    def cache_get(key: object, cache: object = None, /) -> bytes | None:
+        data = _data_arg("cache_get", 1, key)
+        found = lookup("cache_get", 2, cache)
+        return found.get(data) if found else None
+
+    def cache_exists(key: object, cache: object = None, /) -> bool | None:
+        data = _data_arg("cache_exists", 1, key)
+        found = lookup("cache_exists", 2, cache)
+        return result(found is not None and found.exists(data))
+
+    def cache_set(key: object, value: object, expires: object = 0, cache: object = None, /) -> bool | None:
+        data, payload, seconds = _data_arg("cache_set", 1, key), _data_arg("cache_set", 2, value), _int_arg(expires)
+        found = lookup("cache_set", 4, cache)
+        return result(found is not None and found.set(data, payload, seconds))
+
+    def cache_update(key: object, value: object, expires: object = 0, cache: object = None, /) -> bool | None:
+        data, payload = _data_arg("cache_update", 1, key), _data_arg("cache_update", 2, value)
+        seconds = _int_arg(expires)
+        found = lookup("cache_update", 4, cache)
+        return result(found is not None and found.update(data, payload, seconds))
+
+    def cache_del(key: object, cache: object = None, /) -> bool | None:
+        data = _data_arg("cache_del", 1, key)
+        found = lookup("cache_del", 2, cache)
+        return result(found is not None and found.delete(data))
+
+    def cache_clear(cache: object = None, /) -> bool | None:
+        found = lookup("cache_clear", 1, cache)
+        return result(found is not None and found.clear())
+
+    def cache_keys(cache: object = None, /) -> list[bytes]:
+        found = lookup("cache_keys", 1, cache)
+        if found is None:
+            raise ValueError("no local uWSGI cache available")
+        return found.keys()
+
+    def cache_num(key: object, cache: object = None, /) -> int:
+        data = _data_arg("cache_num", 1, key)
+        found = lookup("cache_num", 2, cache)
+        number = found.num(data) if found else None
+        return 0 if number is None else number
+
+    def math(op: str, default: int) -> Any:
+        function = f"cache_{op}"
+
+        def cache_math(key: object, n: object = default, expires: object = 0, cache: object = None, /) -> bool | None:
+            data, delta, seconds = _data_arg(function, 1, key), _int_arg(n), _int_arg(expires)
+            found = lookup(function, 4, cache)
+            return result(found is not None and getattr(found, op)(data, delta, seconds))
+
+        cache_math.__name__ = cache_math.__qualname__ = function
+        return cache_math
+
+    functions: dict[str, Any] = {
+        "cache_get": cache_get,
+        "cache_set": cache_set,
+        "cache_update": cache_update,
+        "cache_del": cache_del,
+        "cache_exists": cache_exists,
+        "cache_clear": cache_clear,
+        "cache_keys": cache_keys,
+        "cache_num": cache_num,
+        "cache_inc": math("inc", 1),
+        "cache_dec": math("dec", 1),
+        "cache_mul": math("mul", 2),
+        "cache_div": math("div", 2),
+    }
+    return functions
+
+
+def install_cache(cache_set: CacheSet | None) -> None:
+    """Bind ``uwsgi.cache_*`` to ``cache_set`` (call in the master, before the fork); None: no caches."""
+    for name, function in cache_functions(cache_set).items():
+        register(name, function)
+
+
+# The functions exist even without caches (uWSGI defines them unconditionally).
+install_cache(None)

@@ -77,7 +77,7 @@ def test_capacity_refuses_new_nodes_and_keys_but_keeps_the_others() -> None:
 
 def published(table: NodeTable, **kwargs: object) -> SubscriptionMapper:
     image = TableImage(1 << 20)
-    assert image.publish(table.snapshot())
+    assert image.publish((table.snapshot(), {}))
     return SubscriptionMapper(image, **kwargs)  # type: ignore[arg-type]
 
 
@@ -151,11 +151,11 @@ def test_state_survives_a_new_image() -> None:
     table = NodeTable()
     table.apply(sub(address=b"127.0.0.1:1"), 0, 0)
     image = TableImage(1 << 20)
-    image.publish(table.snapshot())
+    image.publish((table.snapshot(), {}))
     mapper = SubscriptionMapper(image)
     node = mapper.pick(b"example.com", (), 0)
     table.apply(sub(address=b"127.0.0.1:2"), 0, 0)
-    image.publish(table.snapshot())
+    image.publish((table.snapshot(), {}))
     again = mapper.pick(b"example.com", (node,), 0)
     assert again is not None and again.name == "127.0.0.1:2"
     assert node in mapper.pools[b"example.com"].nodes, "the same Node object is kept"
@@ -164,7 +164,7 @@ def test_state_survives_a_new_image() -> None:
 def test_an_image_too_large_is_refused() -> None:
     table = NodeTable()
     table.apply(sub(address=b"x" * 200), 0, 0)
-    assert not TableImage(64).publish(table.snapshot())
+    assert not TableImage(64).publish((table.snapshot(), {}))
 
 
 def _reader(image: TableImage, rounds: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -174,7 +174,7 @@ def _reader(image: TableImage, rounds: int, queue: multiprocessing.Queue) -> Non
         result = image.read()
         if result is None:
             continue
-        _, snapshot = result
+        _, (snapshot, _counters) = result
         seen += 1
         for key, nodes in snapshot:
             # every snapshot the writer publishes has n nodes for key b"k<n>" with addresses "<n>:<i>"
@@ -193,7 +193,7 @@ def test_a_concurrent_reader_never_sees_a_torn_image() -> None:
     try:
         for round_ in range(20000):
             n = 1 + round_ % 50
-            image.publish([(f"k{n}".encode(), [(f"{n}:{i}".encode(), 0, 0, 1, False) for i in range(n)])])
+            image.publish(([(f"k{n}".encode(), [(f"{n}:{i}".encode(), 0, 0, 1, False) for i in range(n)])], {}))
         seen, torn = queue.get(timeout=60)
     finally:
         reader.join(10)

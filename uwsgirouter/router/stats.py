@@ -80,7 +80,7 @@ def stats_document(worker: RouterWorker, names: Sequence[str], cheap: bool = Fal
                         "weight": pool.weights.get(node, 1),
                         "wrr": mapper.current.get(node, 0),
                         "ref": mapper.references.get(node, 0),
-                        "failcnt": failcnt + node.stats.failures,
+                        "failcnt": max(failcnt, node.stats.failures),
                         "death_mark": 1 if node in pool.dead else 0,
                     }
                 )
@@ -88,6 +88,7 @@ def stats_document(worker: RouterWorker, names: Sequence[str], cheap: bool = Fal
                 {"key": _text(key), "hash": djb33x_bucket(key), "hits": pool.hits, "sni_enabled": 0, "nodes": nodes}
             )
         doc["subscriptions"] = subscriptions
+        doc["subscription_packets_rejected"] = mapper.counters.get("rejected", 0)
     doc["cheap"] = 1 if cheap else 0
     return doc
 

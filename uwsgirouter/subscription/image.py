@@ -21,7 +21,8 @@ _WORD = struct.Struct("=Q")
 _HEADER_SIZE = 16
 _READ_TRIES = 1000
 
-Snapshot = list[tuple[bytes, list[tuple[Any, ...]]]]
+#: the table's keys with their nodes, and the master's counters (for the stats)
+Snapshot = tuple[list[tuple[bytes, list[tuple[Any, ...]]]], dict[str, int]]
 
 
 class TableImage:

@@ -57,6 +57,7 @@ class SubscriptionMapper(Mapper):
         self.references: dict[Node, int] = {}  # in-flight sessions per node (lrc, wlrc)
         self.requests: dict[Node, int] = {}
         self.live = 0
+        self.counters: dict[str, int] = {}  # published by the master alongside the table (stats)
 
     def refresh(self) -> bool:
         """Adopt the master's newest image, if there is one; True when it changed."""
@@ -65,7 +66,7 @@ class SubscriptionMapper(Mapper):
         result = self.image.read()
         if result is None:
             return False
-        self.seen, snapshot = result
+        self.seen, (snapshot, self.counters) = result
         old = {(key, node.name): node for key, pool in self.pools.items() for node in pool.nodes}
         pools: dict[bytes, Pool] = {}
         for key, entries in snapshot:
@@ -163,6 +164,7 @@ class SubscriptionMapper(Mapper):
         return min(live, key=load)
 
     def failed(self, node: Node, now: float) -> None:
+        self.done(node)  # the session moves on to another node: this one is no longer in use by it
         for key, pool in self.pools.items():
             if node in pool.nodes:
                 if node not in pool.dead:

@@ -77,7 +77,7 @@ class SubscriptionServer:
         self.rejected_logged_at = 0.0
         self.rejected_pending = 0
         self.last_reason = ""
-        self.published_version = -1
+        self.published_version: tuple[int, int] = (-1, -1)
         self._forwarder: socket.socket | None = None
         if self.resubscribe:
             self._forwarder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -125,13 +125,15 @@ class SubscriptionServer:
         return change
 
     def _rejected(self, reason: str, now: float) -> None:
+        """Count; log at most one summary line a second (a flood must not flood the log too)."""
         self.rejected += 1
         self.rejected_pending += 1
         self.last_reason = reason
-        if now - self.rejected_logged_at >= 1.0:
-            log.warning(
-                "rejected %d subscription packet(s) in the last second; last: %s", self.rejected_pending, reason
-            )
+        self._report_rejected(now)
+
+    def _report_rejected(self, now: float) -> None:
+        if self.rejected_pending and now - self.rejected_logged_at >= 1.0:
+            log.warning("rejected %d subscription packet(s); last: %s", self.rejected_pending, self.last_reason)
             self.rejected_pending = 0
             self.rejected_logged_at = now
 
@@ -183,6 +185,7 @@ class SubscriptionServer:
         self.publish()
 
     def tick(self, now: float) -> None:
+        self._report_rejected(now)
         for node in self.table.expire(now):
             log.warning(
                 "%s => removing %s (no announce received in %.0f seconds)",
@@ -190,17 +193,21 @@ class SubscriptionServer:
                 printable(node.address),
                 self.table.tolerance,
             )
-        self.publish()
+        self.publish(counters_too=True)
 
-    def publish(self) -> None:
-        if self.table.version == self.published_version:
+    def publish(self, counters_too: bool = False) -> None:
+        """Publish a changed table at once; changed counters only when asked (once a second, in tick),
+        so a flood of rejected packets does not make the master rewrite the image all the time."""
+        table_version, rejected = self.published_version
+        if self.table.version == table_version and (not counters_too or self.rejected == rejected):
             return
-        if not self.image.publish(self.table.snapshot()):
+        if not self.image.publish((self.table.snapshot(), {"rejected": self.rejected})):
             log.error("the node table no longer fits its shared memory; routers keep the previous one")
             return
-        self.published_version = self.table.version
+        self.published_version = (self.table.version, self.rejected)
 
     def close(self) -> None:
+        self._report_rejected(float("inf"))
         for sock in self.sockets:
             sock.close()
         if self._forwarder is not None:
