@@ -3,7 +3,7 @@
 The master creates every cache before it forks; router workers and app workers inherit the anonymous
 shared ``mmap`` and all read and write it. Layout of one cache's segment (every field 8-byte aligned)::
 
-    header   magic, live item count, tombstones, free-stack top           4 x u64
+    header   magic, item count, tombstones, free-stack top (u64), earliest deadline (f64)
     index    nbuckets x u64: 0 empty, all ones a tombstone, else (tag << 32) | (slot + 1)
     free     capacity x u32: the stack of unused slots
     slots    capacity x (expires f64, keylen u32, vallen u32, key[keysize], value[blocksize])
@@ -74,7 +74,7 @@ INT64_MAX = 2**63 - 1
 _MAGIC = 0x75777367_63616368  # "uwsgcach"
 _U64 = struct.Struct("=Q")
 _I64 = struct.Struct("=q")
-_HEADER = struct.Struct("=QQQQ")  # magic, count, tombstones, free top
+_HEADER = struct.Struct("=QQQQd")  # magic, count, tombstones, free top, earliest deadline (0 = none)
 _F64 = struct.Struct("=d")
 _U32 = struct.Struct("=I")
 _SLOT_HEADER = struct.Struct("=dII")  # expires (0 = never), keylen (0 = free), vallen
@@ -82,6 +82,7 @@ _HEADER_SIZE = _HEADER.size
 _COUNT_AT = 8
 _TOMBS_AT = 16
 _FREE_TOP_AT = 24
+_NEXT_SCAN_AT = 32
 _EMPTY = 0
 _TOMB = 0xFFFF_FFFF_FFFF_FFFF
 _SLOT_MASK = 0xFFFF_FFFF
@@ -208,7 +209,7 @@ class Cache:
         """Empty cache: no index entries, every slot on the free stack."""
         self._map[self._index_at : self._free_at] = bytes(self._free_at - self._index_at)
         self._map[self._free_at : self._free_at + 4 * self.capacity] = array.array("I", range(self.capacity)).tobytes()
-        _HEADER.pack_into(self._map, 0, _MAGIC, 0, 0, self.capacity)
+        _HEADER.pack_into(self._map, 0, _MAGIC, 0, 0, self.capacity, 0.0)
 
     def _hash(self, key: bytes) -> int:
         return int.from_bytes(hashlib.blake2b(key, digest_size=8, key=self._secret).digest(), "little")
@@ -266,6 +267,10 @@ class Cache:
         start = offset + self._value_at
         m[start : start + len(value)] = value
         _SLOT_HEADER.pack_into(m, offset, old_deadline if deadline is None else deadline, keylen, len(value))
+        if deadline:
+            (next_scan,) = _F64.unpack_from(m, _NEXT_SCAN_AT)
+            if not next_scan or deadline < next_scan:
+                _F64.pack_into(m, _NEXT_SCAN_AT, deadline)
 
     def _add_count(self, at: int, delta: int) -> int:
         (value,) = _U64.unpack_from(self._map, at)
@@ -309,7 +314,15 @@ class Cache:
 
     def _rebuild(self, now: float) -> None:
         """Rewrite the index without tombstones, dropping expired items; rebuild the free stack."""
-        live = [slot for _, slot in self._entries() if self._live(slot, now)]
+        live = []
+        next_scan = 0.0
+        for _, slot in self._entries():
+            (deadline,) = _F64.unpack_from(self._map, self._slot_offset(slot))
+            if not deadline:
+                live.append(slot)
+            elif deadline > now:
+                live.append(slot)
+                next_scan = deadline if not next_scan else min(next_scan, deadline)
         self._map[self._index_at : self._free_at] = bytes(self._free_at - self._index_at)
         mask = self._mask
         for slot in live:
@@ -321,14 +334,16 @@ class Cache:
         used = set(live)
         free = [slot for slot in range(self.capacity) if slot not in used]
         self._map[self._free_at : self._free_at + 4 * len(free)] = array.array("I", free).tobytes()
-        _HEADER.pack_into(self._map, 0, _MAGIC, len(live), 0, len(free))
+        _HEADER.pack_into(self._map, 0, _MAGIC, len(live), 0, len(free), next_scan)
 
     def _insert(self, h: int, key: bytes, insert: int, value: bytes, deadline: float, now: float) -> bool:
         """Store a new item (``insert`` from ``_probe``); False when the cache is full."""
         slot = self._pop_free()
         if slot < 0:
-            self._rebuild(now)  # reclaims expired items
-            slot = self._pop_free()
+            (next_scan,) = _F64.unpack_from(self._map, _NEXT_SCAN_AT)
+            if next_scan and next_scan <= now:  # some item has expired: reclaim them (as uWSGI's sweeper)
+                self._rebuild(now)
+                slot = self._pop_free()
             if slot < 0:
                 self._log_full()
                 return False

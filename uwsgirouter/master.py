@@ -19,12 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 from uwsgirouter.address import Address, UnixAddress
 from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, Arbiter, WorkerSpec
+from uwsgirouter.cache import CacheSet
 from uwsgirouter.config import Config, load_config
 from uwsgirouter.config.checks import check_config
 from uwsgirouter.errors import ConfigError, HaltServer
 from uwsgirouter.heartbeat import HeartbeatTable
 from uwsgirouter.logs import set_process_label
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
+from uwsgirouter.router.cache_mapper import build_cache_mapper
 from uwsgirouter.router.code_mapper import CodeMapper, load_mapper_function
 from uwsgirouter.router.mappers import Mapper, build_mapper
 from uwsgirouter.router.nodes import Node
@@ -35,9 +37,12 @@ from uwsgirouter.subscription.image import TableImage
 from uwsgirouter.subscription.mapper import SubscriptionMapper
 from uwsgirouter.subscription.server import IMAGE_BYTES_PER_KEY, IMAGE_BYTES_PER_NODE, SubscriptionServer, bind_datagram
 from uwsgirouter.subscription.table import NodeTable
+from uwsgirouter.uwsgi_module import install_cache
 
 log = logging.getLogger("uwsgirouter.master")
 
+#: After unsubscribing on SIGTERM, keep serving this long so routers stop sending before we stop.
+UNSUBSCRIBE_GRACE_S = 1.0
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
 
@@ -161,6 +166,7 @@ class Master:
             reload_config=self.reload_config,
         )
         self.pending: list[int] = []
+        self.deferred_stop = 0.0  # when a SIGTERM that waits for the unsubscribes to land takes effect
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.server: SubscriptionServer | None = None
         self.image: TableImage | None = None
@@ -171,6 +177,12 @@ class Master:
         self.code_function: Callable[[str], object] | None = None
         if config.fastrouter_use_code_string is not None:
             self.code_function = load_mapper_function(*config.fastrouter_use_code_string)
+        # Caches live in shared memory created here, before the fork: --file scripts in the master,
+        # routers (--fastrouter-use-cache) and app workers all see the same items.
+        self.caches = CacheSet.from_config(config)
+        if config.fastrouter_use_cache is not None:
+            build_cache_mapper(self.caches, config.fastrouter_use_cache)  # fail now if the cache is missing
+        install_cache(self.caches)
         self._run_master_python(config, apps)
 
     def _run_master_python(self, config: Config, apps: int) -> None:
@@ -280,7 +292,9 @@ class Master:
             names = [listener.name for listener in self.sockets.router]
             names += [str(address) for address in config.fastrouter_subscription_server]
             stats = self.sockets.stats if spec.number == 1 else None
-            worker = RouterWorker(config, self.sockets.router, mapper, spec.number, beat, stats, names)
+            shared_with_apps = [r.name for r in self.sockets.router if any(r is a for a in self.sockets.app)]
+            local = shared_with_apps[0] if shared_with_apps else None
+            worker = RouterWorker(config, self.sockets.router, mapper, spec.number, beat, stats, names, local)
             return worker.run()
         finally:
             logging.shutdown()
@@ -288,6 +302,8 @@ class Master:
     def _router_mapper(self, config: Config) -> Mapper:
         """uWSGI's precedence: use-cache > use-pattern > subscription server > use-base > use-code-string >
         use-socket > to."""
+        if config.fastrouter_use_cache is not None:
+            return build_cache_mapper(self.caches, config.fastrouter_use_cache)
         if self.image is not None and config.fastrouter_use_pattern is None:
             fallback = config.fastrouter_subscription_fallback_key
             return SubscriptionMapper(
@@ -335,20 +351,18 @@ class Master:
         try:
             arbiter.spawn_all()
             while not arbiter.finished:
-                self._wait(0.1 if arbiter.reloading or arbiter.respawns or arbiter.stopping else 1.0)
+                busy = arbiter.reloading or arbiter.respawns or arbiter.stopping or self.deferred_stop
+                self._wait(0.1 if busy else 1.0)
                 signals, self.pending = self.pending, []
                 for signum in signals:
-                    was_stopping = arbiter.stopping
-                    arbiter.handle_signal(signum)
-                    if arbiter.stopping and not was_stopping and self.subscriber is not None:
-                        self.subscriber.unsubscribe()
-                    elif signum == signal.SIGHUP and self.subscriber and self.config.unsubscribe_on_graceful_reload:
-                        self.subscriber.unsubscribe()
-                        self.subscriber.next_at = time.monotonic() + 1.0
+                    self._handle_signal(signum)
+                if self.deferred_stop and time.monotonic() >= self.deferred_stop:
+                    self.deferred_stop = 0.0
+                    arbiter.handle_signal(signal.SIGTERM)
                 arbiter.reap()
                 arbiter.tick()
                 now = time.monotonic()
-                if self.subscriber is not None and not arbiter.stopping:
+                if self.subscriber is not None and not arbiter.stopping and not self.deferred_stop:
                     self.subscriber.tick(now)
                 if self.server is not None and now >= next_second:
                     next_second = now + 1.0
@@ -360,6 +374,26 @@ class Master:
             if self.subscriber is not None:
                 self.subscriber.close()
             self.sockets.close()
+
+    def _handle_signal(self, signum: int) -> None:
+        """Subscriptions first: a node that stops tells its routers before its workers stop accepting."""
+        subscriber = self.subscriber
+        announcing = subscriber is not None and not subscriber.blocked and bool(subscriber.targets)
+        if signum == signal.SIGTERM and announcing and not self.arbiter.stopping and not self.deferred_stop:
+            assert subscriber is not None
+            subscriber.unsubscribe()
+            # Serve on for a moment while the routers drop this node, then stop gracefully.
+            self.deferred_stop = time.monotonic() + UNSUBSCRIBE_GRACE_S
+            return
+        was_stopping = self.arbiter.stopping
+        self.arbiter.handle_signal(signum)
+        if subscriber is None:
+            return
+        if self.arbiter.stopping and not was_stopping and not self.deferred_stop:
+            subscriber.unsubscribe()
+        elif signum == signal.SIGHUP and self.config.unsubscribe_on_graceful_reload:
+            subscriber.unsubscribe()
+            subscriber.next_at = time.monotonic() + 1.0
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a signal, a subscription datagram or a failure report arrives, or ``timeout``."""

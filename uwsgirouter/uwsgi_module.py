@@ -156,6 +156,8 @@ _cache_log = logging.getLogger("uwsgirouter.cache")
 #: Remote cache names already logged (bounded: a program looping over new names cannot grow it).
 _remote_logged: set[str] = set()
 _MAX_REMOTE_LOGGED = 256
+#: "No cache argument": the default cache (an explicit None is a TypeError, as in uWSGI).
+_DEFAULT_CACHE: Any = object()
 
 
 def _data_arg(function: str, position: int, value: object) -> bytes:
@@ -185,7 +187,7 @@ def cache_functions(caches: CacheSet | None) -> dict[str, Any]:
     """The ``uwsgi.cache_*`` functions, bound to ``caches`` (None: the instance has no cache)."""
 
     def lookup(function: str, position: int, name: object) -> Cache | None:
-        if name is None:
+        if name is _DEFAULT_CACHE:
             return caches.default if caches else None
         text = _name_arg(function, position, name)
         if "@" in text:
@@ -198,43 +200,43 @@ def cache_functions(caches: CacheSet | None) -> dict[str, Any]:
     def result(ok: bool) -> bool | None:
         return True if ok else None
 
-    def cache_get(key: object, cache: object = None, /) -> bytes | None:
+    def cache_get(key: object, cache: object = _DEFAULT_CACHE, /) -> bytes | None:
         data = _data_arg("cache_get", 1, key)
         found = lookup("cache_get", 2, cache)
         return found.get(data) if found else None
 
-    def cache_exists(key: object, cache: object = None, /) -> bool | None:
+    def cache_exists(key: object, cache: object = _DEFAULT_CACHE, /) -> bool | None:
         data = _data_arg("cache_exists", 1, key)
         found = lookup("cache_exists", 2, cache)
         return result(found is not None and found.exists(data))
 
-    def cache_set(key: object, value: object, expires: object = 0, cache: object = None, /) -> bool | None:
+    def cache_set(key: object, value: object, expires: object = 0, cache: object = _DEFAULT_CACHE, /) -> bool | None:
         data, payload, seconds = _data_arg("cache_set", 1, key), _data_arg("cache_set", 2, value), _int_arg(expires)
         found = lookup("cache_set", 4, cache)
         return result(found is not None and found.set(data, payload, seconds))
 
-    def cache_update(key: object, value: object, expires: object = 0, cache: object = None, /) -> bool | None:
+    def cache_update(key: object, value: object, expires: object = 0, cache: object = _DEFAULT_CACHE, /) -> bool | None:
         data, payload = _data_arg("cache_update", 1, key), _data_arg("cache_update", 2, value)
         seconds = _int_arg(expires)
         found = lookup("cache_update", 4, cache)
         return result(found is not None and found.update(data, payload, seconds))
 
-    def cache_del(key: object, cache: object = None, /) -> bool | None:
+    def cache_del(key: object, cache: object = _DEFAULT_CACHE, /) -> bool | None:
         data = _data_arg("cache_del", 1, key)
         found = lookup("cache_del", 2, cache)
         return result(found is not None and found.delete(data))
 
-    def cache_clear(cache: object = None, /) -> bool | None:
+    def cache_clear(cache: object = _DEFAULT_CACHE, /) -> bool | None:
         found = lookup("cache_clear", 1, cache)
         return result(found is not None and found.clear())
 
-    def cache_keys(cache: object = None, /) -> list[bytes]:
+    def cache_keys(cache: object = _DEFAULT_CACHE, /) -> list[bytes]:
         found = lookup("cache_keys", 1, cache)
         if found is None:
             raise ValueError("no local uWSGI cache available")
         return found.keys()
 
-    def cache_num(key: object, cache: object = None, /) -> int:
+    def cache_num(key: object, cache: object = _DEFAULT_CACHE, /) -> int:
         data = _data_arg("cache_num", 1, key)
         found = lookup("cache_num", 2, cache)
         number = found.num(data) if found else None
@@ -243,12 +245,14 @@ def cache_functions(caches: CacheSet | None) -> dict[str, Any]:
     def math(op: str, default: int) -> Any:
         function = f"cache_{op}"
 
-        def cache_math(key: object, n: object = default, expires: object = 0, cache: object = None, /) -> bool | None:
+        def cache_math(
+            key: object, n: object = default, expires: object = 0, cache: object = _DEFAULT_CACHE, /
+        ) -> bool | None:
             data, delta, seconds = _data_arg(function, 1, key), _int_arg(n), _int_arg(expires)
             found = lookup(function, 4, cache)
             return result(found is not None and getattr(found, op)(data, delta, seconds))
 
-        cache_math.__name__ = cache_math.__qualname__ = function
+        cache_math.__name__ = function
         return cache_math
 
     functions: dict[str, Any] = {
@@ -265,6 +269,8 @@ def cache_functions(caches: CacheSet | None) -> dict[str, Any]:
         "cache_mul": math("mul", 2),
         "cache_div": math("div", 2),
     }
+    for name, function in functions.items():
+        function.__qualname__ = name  # error messages read "cache_get() takes ...", as uWSGI's
     return functions
 
 

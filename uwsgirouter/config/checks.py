@@ -24,3 +24,7 @@ def check_config(config: Config) -> None:
         )
     if config.fastrouter_use_cache is not None and not (config.cache or config.cache2):
         raise ConfigError("--fastrouter-use-cache needs a cache: add --cache N or --cache2 name=...,items=N")
+    if config.fastrouter_use_cache:
+        names = [items.get("name") for items in config.cache2] + (["default"] if config.cache else [])
+        if config.fastrouter_use_cache not in names:
+            raise ConfigError(f"--fastrouter-use-cache={config.fastrouter_use_cache}: no cache has that name")

@@ -63,14 +63,12 @@ class RouterOptions:
         None,
         arg=Arg.OPTIONAL,
         implicit="",
-        planned=True,
         help="Route by looking the key up in a cache (the first one, or --fastrouter-use-cache=NAME); the value is "
         "addr[,modifier1], several nodes separated by |.",
     )
     fastrouter_use_code_string: Scalar[tuple[int, str, str] | None] = Scalar(
         CODE_STRING,
         None,
-        planned=True,
         help="Route by calling FUNCTION(key) from FILE (0 = Python); it returns 'addr[,modifier1]' or None.",
     )
     fastrouter_use_socket: Scalar[int | None] = Scalar(
@@ -103,7 +101,6 @@ class RouterOptions:
         help="Do not log failed connections to nodes. As in uWSGI it takes a value: --fastrouter-quiet=1.",
     )
     fastrouter_cheap = Flag(
-        planned=True,
         help="Cheap mode: accept no connection while no node is live (local workers on a shared socket answer).",
     )
     fastrouter_subscription_server = Multi(
@@ -120,12 +117,11 @@ class RouterOptions:
     fastrouter_post_buffering = Scalar(
         BYTES,
         0,
-        planned=True,
         help="Read the whole request body before connecting to the node: up to N bytes in memory, beyond in a "
         "temporary file. 0 streams the body (default).",
     )
     fastrouter_post_buffering_dir: Scalar[str | None] = Scalar(
-        PATH, None, planned=True, help="Directory for post-buffering temporary files (default $TMPDIR or /tmp)."
+        PATH, None, help="Directory for post-buffering temporary files (default $TMPDIR or /tmp)."
     )
     fastrouter_stats: Scalar[Address | None] = Scalar(
         ADDRESS,

@@ -89,23 +89,20 @@ class SubscriberOptions:
 class CacheOptions:
     GROUP = "Cache and Python code"
 
-    cache = Scalar(COUNT, 0, planned=True, help="Create the default shared cache with N items.")
-    cache_blocksize = Scalar(POSITIVE, 65536, planned=True, help="Largest value, in bytes, of a --cache item.")
+    cache = Scalar(COUNT, 0, help="Create the default shared cache with N items.")
+    cache_blocksize = Scalar(POSITIVE, 65536, help="Largest value, in bytes, of a --cache item.")
     cache2 = Multi(
         KEYVAL_LIST,
-        planned=True,
         help="Create a named cache: name=NAME,items=N[,blocksize=BYTES,keysize=BYTES]. Repeatable; the first "
         "cache defined is the default.",
     )
     import_ = Multi(
         NON_EMPTY,
         aliases=["pyimport", "py-import", "python-import"],
-        planned=True,
         help="Import this Python module in the master (it can use the uwsgi module, e.g. to fill a cache).",
     )
     shared_import = Multi(
         NON_EMPTY,
         aliases=["shared-pyimport", "shared-py-import", "shared-python-import"],
-        planned=True,
         help="Import this Python module in every process.",
     )

@@ -116,6 +116,10 @@ class Connector:
         picked = worker.mapper.pick(self.key, self.tried, worker.now)
         if picked is None and not attempts and worker.fallback_on_no_key and fallbacks:
             return fallbacks[0]
+        if picked is None:
+            local = worker.no_live_node()
+            if local is not None and local not in self.tried:
+                return local
         return picked
 
     def _connect_next(self) -> None:

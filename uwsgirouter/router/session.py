@@ -292,7 +292,7 @@ class Session(Connector):
             return
         if not data:
             if not self.replied:
-                self._backend_failed("closed the connection without answering")
+                self._backend_failed("closed the connection without answering", dead=False)
                 return
             # The response is complete; the backend socket is no longer needed (and would keep
             # reporting HUP). What is still queued for the client is flushed, then the session ends.
@@ -315,14 +315,34 @@ class Session(Connector):
         except OSError:
             pass
 
-    def _backend_failed(self, reason: str) -> None:
+    def _backend_failed(self, reason: str, dead: bool = True) -> None:
+        """The node broke the connection (``dead``: reset, so it is probably gone) or closed it early."""
         node = self.node
         name = node.name if node else "?"
+        if not self.replied and node is not None and self._can_resend():
+            # Nothing was answered and the request can be sent again unchanged (an idempotent method
+            # without a body): try the next node, as nginx does, instead of failing the client.
+            log.warning("key %s: node %s %s; trying the next node", printable(self.key), name, reason)
+            self._drop_backend()
+            if dead:
+                self.worker.mapper.failed(node, self.worker.now)
+            else:
+                self.worker.mapper.done(node)
+            self._connect_next()
+            return
         log.warning("key %s: node %s %s", printable(self.key), name, reason)
         if self.replied:
             self._abort("")
         else:
             self._reply_error(502, f"the node for key {printable(self.key)} failed")
+
+    def _can_resend(self) -> bool:
+        head = self.head
+        if head is None or self.body is not None or self.after_body or self.to_backend:
+            return False
+        if head.get(b"REQUEST_METHOD") not in (b"GET", b"HEAD", b"OPTIONS"):
+            return False
+        return not head.get(b"CONTENT_LENGTH") or head.get(b"CONTENT_LENGTH") == b"0"
 
     # -- ending ---------------------------------------------------------------------------------
 

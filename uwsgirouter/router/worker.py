@@ -66,6 +66,7 @@ class RouterWorker:
         beat: Callable[[], None] | None = None,
         stats: Listener | None = None,
         stats_names: Sequence[str] = (),
+        local_address: str | None = None,
     ) -> None:
         self.number = number
         self.stats_listener = stats
@@ -87,6 +88,11 @@ class RouterWorker:
         # flight are never cut; going cheap only stops accepting, so a shared socket's app workers answer).
         self.cheap_mode = config.fastrouter_cheap and hasattr(mapper, "live_nodes")
         self.is_cheap = False
+        #: In cheap mode, the shared socket's own address: a request that finds no live node is sent
+        #: there, once the router has stopped accepting, so the local app workers answer it.
+        self.local_node: Node | None = None
+        if self.cheap_mode and local_address:
+            self.local_node = static_nodes([local_address])[0]
         self.post_buffering = config.fastrouter_post_buffering
         self.post_buffering_dir = config.fastrouter_post_buffering_dir
         self.mercy = float(config.worker_reload_mercy)
@@ -130,6 +136,12 @@ class RouterWorker:
     # -- accepting -------------------------------------------------------------------------------
 
     def _accept(self, listener: socket.socket) -> None:
+        if self.cheap_mode:
+            # The table may have emptied since the last look: a cheap router must not take this
+            # connection (the app workers on a shared socket will).
+            self._check_cheap()
+            if self.is_cheap:
+                return
         for _ in range(ACCEPT_BURST):
             if len(self.sessions) >= self.max_sessions:
                 self._pause_accepting()
@@ -161,6 +173,14 @@ class RouterWorker:
         log.info("no more nodes available. Going cheap...")
         self.is_cheap = True
         self._pause_accepting()
+
+    def no_live_node(self) -> Node | None:
+        """A session found no node: in cheap mode go cheap now and offer the local app instead."""
+        if not self.cheap_mode or self._live_nodes():
+            return None
+        if not self.is_cheap:
+            self._go_cheap()
+        return self.local_node
 
     def _check_cheap(self) -> None:
         live = self._live_nodes()
