@@ -592,7 +592,7 @@ def _new_cache(name: str, items: int, blocksize: int, keysize: int, math_initial
     try:
         return Cache(name, items, blocksize, keysize, math_initial)
     except (ValueError, OSError, OverflowError, MemoryError) as exc:
-        raise ConfigError(f"cache {name!r} ({items} items of {blocksize} bytes): cannot allocate it: {exc}") from None
+        raise ConfigError(f"cache {name!r} ({items} items of {blocksize} bytes): cannot create it: {exc}") from None
 
 
 class CacheSet:
