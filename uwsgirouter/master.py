@@ -139,6 +139,7 @@ class Master:
 
     def __init__(self, config: Config, argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> None:
         self.config = config
+        self.master_pid = os.getpid()
         self.argv = list(argv)
         self.environ = dict(environ or {})
         self.sockets = Sockets(config)
@@ -276,9 +277,9 @@ class Master:
         config = self.config
         label = f"{spec.kind} {spec.number}"
         set_process_label(label)
-        set_title(
-            label, config.procname_prefix + config.procname_prefix_spaced, config.procname_append, config.procname
-        )
+        _title(config, label, config.procname)
+        if os.getppid() != self.master_pid:
+            return 0  # the master died while this child was being born: nobody to work for
         slot, pid, heartbeats = spec.slot, os.getpid(), self.heartbeats
 
         def beat(busy_since: float = 0.0, requests: int = 0) -> None:
@@ -295,6 +296,7 @@ class Master:
             shared_with_apps = [r.name for r in self.sockets.router if any(r is a for a in self.sockets.app)]
             local = shared_with_apps[0] if shared_with_apps else None
             worker = RouterWorker(config, self.sockets.router, mapper, spec.number, beat, stats, names, local)
+            worker.parent_pid = self.master_pid
             return worker.run()
         finally:
             logging.shutdown()
@@ -323,7 +325,7 @@ class Master:
         from uwsgirouter.workers.wsgi import WsgiWorker
 
         config = self.config
-        install(config, worker_id=spec.number, numproc=self.arbiter.apps, masterpid=os.getppid())
+        install(config, worker_id=spec.number, numproc=self.arbiter.apps, masterpid=self.master_pid)
         if config.wsgi_file or config.module:
             try:
                 app = load_app(config)
@@ -333,6 +335,7 @@ class Master:
         else:
             app = no_app
         worker = WsgiWorker(config, self.sockets.app, app, spec.number)
+        worker.parent_pid = self.master_pid  # known before the app loaded: a master dying meanwhile is noticed
         worker.heartbeat = lambda: beat(worker.busy_since, worker.requests_served)
         return worker.run()
 
