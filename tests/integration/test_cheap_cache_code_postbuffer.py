@@ -607,7 +607,8 @@ def test_cheap_mode_only_local_app_answers_while_no_node(procs: ProcessManager, 
     with RequestLoop(site.address, "example.com") as loop:
         wait_only_local(loop, 0.0, 50)
     loop.check()
-    assert log_has(site.proc, r"no more nodes available\. Going cheap\.\.\.$")
+    # the router may start after the app workers answered the first requests: poll for its line
+    wait_until(lambda: log_has(site.proc, r"no more nodes available\. Going cheap\.\.\.$"), 10, what="going cheap")
 
 
 def test_cheap_mode_node_subscribes_then_unsubscribes_without_a_failed_request(
