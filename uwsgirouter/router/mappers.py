@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from uwsgirouter.config import Config
+from uwsgirouter.config.ini import apply_magic
 from uwsgirouter.errors import ConfigError
 from uwsgirouter.router.nodes import Node, make_node
 
@@ -92,18 +93,7 @@ class PatternMapper(_PathMapper):
         self.pattern = pattern
 
     def address_for(self, key: str) -> str:
-        out: list[str] = []
-        text = self.pattern
-        i = 0
-        while True:
-            j = text.find("%", i)
-            if j < 0 or j + 1 >= len(text):
-                out.append(text[i:])
-                return "".join(out)
-            out.append(text[i:j])
-            letter = text[j + 1]
-            out.append(key if letter == "s" else "%" if letter == "%" else "")
-            i = j + 2
+        return apply_magic(self.pattern, {"s": key, "%": "%"})
 
 
 class StaticMapper(Mapper):
