@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +42,7 @@ pytestmark = pytest.mark.integration
 APP_SOURCE = """
 import hashlib
 import os
+import pwd
 import time
 import warnings
 from wsgiref.validate import WSGIWarning, validator
@@ -734,3 +737,57 @@ def test_fastrouter_only_instance_has_no_app_workers(procs: ProcessManager, site
     assert sorted(group_members(proc.pid)) == sorted([proc.pid, *workers(proc.pid)])  # nothing else runs
     assert "uwsgi socket" not in proc.log()  # no app socket was bound
     assert "worker 1" not in proc.log()
+
+
+def test_harakiri_kills_a_worker_stuck_on_one_request(procs: ProcessManager, site: Site) -> None:
+    """--harakiri 1: a request running longer is cut (the client gets a 502 from the router), the worker
+    is killed and replaced, and the next requests are served."""
+    proc, port = start_router_and_app(procs, site, "--harakiri", "1")
+    before = set(workers(proc.pid))
+    started = time.monotonic()
+    response = http_via_router(port, "/sleep/10")
+    assert response.status == 502, response.raw[:200]
+    assert time.monotonic() - started < 6, "harakiri must cut the request long before the app finishes"
+    wait_until(lambda: "HARAKIRI on worker" in proc.log(), 5, what="the harakiri log line")
+    wait_until(lambda: len(set(workers(proc.pid)) - before) >= 1, 5, what="a new worker")
+    for _ in range(5):
+        assert http_via_router(port, "/").status == 200
+
+
+def http_via_router(port: int, path: str) -> Response:
+    return uwsgi_request(("127.0.0.1", port), request_vars(path=path), timeout=15)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_uid_gid_drop_privileges_after_binding(procs: ProcessManager, site: Site, tmp_path: Path) -> None:
+    """--uid/--gid: the master binds first (a port below 1024 would work), then every process runs as the
+    user; --fastrouter-uid applies to the router process alone."""
+    nobody = pwd.getpwnam("nobody")
+    public = Path(tempfile.mkdtemp(prefix="ur-uid-"))  # pytest's own tmp dirs are private to root
+    public.chmod(0o755)
+    app = public / "app.py"
+    app.write_text("def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n")
+    app.chmod(0o644)
+    port = free_port()
+    proc = procs.router(
+        "--fastrouter",
+        f"127.0.0.1:{port}",
+        "--fastrouter-use-socket",
+        "--socket",
+        "127.0.0.1:0",
+        "--wsgi-file",
+        str(app),
+        "--uid",
+        str(nobody.pw_uid),
+        "--gid",
+        str(nobody.pw_gid),
+        wait_for=("127.0.0.1", port),
+    )
+    wait_until(lambda: len(workers(proc.pid)) == 2, 10, what="the router and the app worker")
+    try:
+        for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children()]:
+            assert process.uids().effective == nobody.pw_uid, title(process)
+            assert process.gids().effective == nobody.pw_gid, title(process)
+        assert uwsgi_request(("127.0.0.1", port), request_vars()).body == b"ok"
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
