@@ -251,6 +251,7 @@ class Master:
             weight=weight,
             force_modifier1=config.subscribe_with_modifier1,
             blocked=config.start_unsubscribed,
+            notify=str(config.subscription_notify_socket) if config.subscription_notify_socket else None,
         )
 
     # -- configuration reload ---------------------------------------------------------------------

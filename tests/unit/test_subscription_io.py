@@ -151,3 +151,13 @@ def test_resubscribe_forwards_once_with_our_address() -> None:
         else:
             raise AssertionError("a resubscribed packet was forwarded again")
         server.close()
+
+
+def test_announces_carry_the_notify_address() -> None:
+    subscriber = Subscriber([Target("127.0.0.1:9", "k", "a:1")], notify="/run/acks.sock")
+    try:
+        assert decode_subscription(subscriber.packet(subscriber.targets[0], Command.SUBSCRIBE)).notify == (
+            b"/run/acks.sock"
+        )
+    finally:
+        subscriber.close()

@@ -75,7 +75,7 @@ class SubscriberOptions:
     )
     subscribe_freq = Scalar(POSITIVE, 10, help="Seconds between two announces.")
     subscription_notify_socket: Scalar[Address | None] = Scalar(
-        ADDRESS, None, planned=True, help="Datagram address where subscription servers send their acknowledgements."
+        ADDRESS, None, help="Datagram address where subscription servers send their acknowledgements."
     )
     weight = Scalar(COUNT, 0, help="Weight announced to subscription servers (0 counts as 1).")
     auto_weight = Flag(arg=Arg.REQUIRED, help="Announce processes x cores as the weight (takes a value, as in uWSGI).")

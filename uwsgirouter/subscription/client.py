@@ -109,6 +109,7 @@ class Subscriber:
         weight: int = 0,
         force_modifier1: int | None = None,
         blocked: bool = False,
+        notify: str | None = None,
     ) -> None:
         self.targets = list(targets)
         self.frequency = frequency
@@ -116,6 +117,7 @@ class Subscriber:
         self.weight = weight
         self.force_modifier1 = force_modifier1
         self.blocked = blocked
+        self.notify = notify.encode() if notify else None
         self.next_at = 0.0
         self.sent_rounds = 0
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -134,6 +136,7 @@ class Subscriber:
                 cores=self.cores,
                 load=0,
                 weight=target.weight if target.weight is not None else self.weight,
+                notify=self.notify,
             )
         )
 
