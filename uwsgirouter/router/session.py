@@ -42,6 +42,8 @@ _READABLE = EPOLLIN | _BROKEN
 _DONTWAIT = socket.MSG_DONTWAIT
 
 
+#: Reads from a node per wakeup while the client keeps up (bounded, so one session cannot starve others).
+READS_PER_WAKEUP = 4
 #: Bytes of a spilled (post-buffered) body read from its file per send.
 FILE_CHUNK = 1 << 16
 
@@ -282,30 +284,36 @@ class Session(Connector):
         self.after_body = bytearray()
 
     def _read_backend(self) -> None:
+        """Relay what the node sent; read again at once while the client keeps up, so that the end of a
+        short answer (data, then EOF) is usually handled in one wakeup instead of two."""
         assert self.backend is not None and self.node is not None
-        try:
-            data = self.backend.recv(self.worker.read_size)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._backend_failed(f"receive failed: {exc.strerror}")
-            return
-        if not data:
-            if not self.replied:
-                self._backend_failed("closed the connection without answering", dead=False)
+        stats = self.node.stats
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data = self.backend.recv(self.worker.read_size)
+            except BlockingIOError:
                 return
-            # The response is complete; the backend socket is no longer needed (and would keep
-            # reporting HUP). What is still queued for the client is flushed, then the session ends.
-            self.backend_eof = True
-            self._drop_backend()
-            if not self.to_client:
-                self._finish()
-            return
-        self.node.stats.bytes_from_node += len(data)
-        if self.to_client:
-            self.to_client += data
-        else:
+            except OSError as exc:
+                self._backend_failed(f"receive failed: {exc.strerror}")
+                return
+            if not data:
+                if not self.replied:
+                    self._backend_failed("closed the connection without answering", dead=False)
+                    return
+                # The response is complete; the backend socket is no longer needed (and would keep
+                # reporting HUP). What is still queued for the client is flushed, then the session ends.
+                self.backend_eof = True
+                self._drop_backend()
+                if not self.to_client:
+                    self._finish()
+                return
+            stats.bytes_from_node += len(data)
+            if self.to_client:
+                self.to_client += data
+                return
             self._send_client(data)
+            if self.to_client or self.state == DONE:
+                return
 
     def _shutdown_backend(self) -> None:
         """The client half-closed after its request: pass the EOF on, keep waiting for the answer (D7)."""
