@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from uwsgirouter.address import Address, UnixAddress
 from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, Arbiter, WorkerSpec
-from uwsgirouter.cache import CacheSet
+from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.config import Config, load_config
 from uwsgirouter.config.checks import check_config
 from uwsgirouter.errors import ConfigError, HaltServer

@@ -36,7 +36,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from uwsgirouter import __version__
-from uwsgirouter.cache import INT64_MAX, INT64_MIN, Cache, CacheSet
+from uwsgirouter.cache import INT64_MAX, INT64_MIN, Cache
+from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.config import Config, Entry
 
 __all__ = [

@@ -334,6 +334,8 @@ def test_in_flight_request_survives_sigterm(procs: ProcessManager) -> None:
 def test_request_still_arriving_at_sigterm_is_served_or_gets_503(procs: ProcessManager) -> None:
     router, address = start_router(procs, "--fastrouter-to", uwsgi_backend_tcp(procs, "live"))
     worker = router_worker(router)
+    # one whole request first: the worker is then past its start-up (which opens descriptors of its own)
+    assert uwsgi_request(address, request_vars(host="warm")).status == 200
     idle_fds = worker.num_fds()
     packet = uwsgi_packet(request_vars(host="midhead"))
 

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from uwsgirouter import uwsgi_module
-from uwsgirouter.cache import Cache, CacheSet
+from uwsgirouter.cache import Cache
+from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.config import load_config
 from uwsgirouter.errors import ConfigError
 from uwsgirouter.router.cache_mapper import MAX_CACHED_VALUES, CacheMapper, build_cache_mapper

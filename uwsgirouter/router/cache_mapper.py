@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from uwsgirouter.cache import Cache, CacheSet
+from uwsgirouter.cache import Cache
+from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.errors import ConfigError
 from uwsgirouter.router.mappers import Mapper
 from uwsgirouter.router.nodes import Node, make_node
