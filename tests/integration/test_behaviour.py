@@ -368,3 +368,16 @@ def test_backend_closing_without_answer_is_a_502(procs: ProcessManager, scripted
     assert response.raw.startswith((b"HTTP/1.0 502 ", b"HTTP/1.1 502 ")), response.raw
     assert b"silent.example" in response.body and backend.address.encode() not in response.raw
     assert len(router.log().splitlines()) == before + 1, router.log()
+
+
+def test_a_flood_of_unroutable_requests_does_not_flood_the_log(procs: ProcessManager, tmp_path: Path) -> None:
+    """Every request still gets its 502, but per-request warnings are capped at 50 a second, the rest counted."""
+    router, address = start_router(procs, "--fastrouter-use-base", f"{tmp_path}/")
+    started = time.monotonic()
+    for number in range(300):
+        assert uwsgi_request(address, request_vars(host=f"unknown-{number}.example")).status == 502
+    elapsed = time.monotonic() - started
+    wait_until(lambda: "left out" in router.log(), 5, what="the line counting the left-out warnings")
+    lines = [line for line in router.log().splitlines() if "key unknown-" in line]
+    assert 0 < len(lines) <= 50 * (int(elapsed) + 2), len(lines)
+    assert len(lines) < 300

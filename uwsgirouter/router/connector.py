@@ -97,7 +97,7 @@ class Connector:
             self._reply_error(503, "the router is shutting down")
             return
         if not self.key:
-            log.warning("request without a key (UWSGI_FASTROUTER_KEY, HTTP_HOST or SERVER_NAME): answered 502")
+            worker.note("request without a key (UWSGI_FASTROUTER_KEY, HTTP_HOST or SERVER_NAME): answered 502")
             self._reply_error(502, "the request names no host")
             return
         self._connect_next()
@@ -127,14 +127,14 @@ class Connector:
             try:
                 node = self._choose()
             except UnsafeKey as exc:
-                log.warning("key %s refused: %s; answered 502", printable(self.key), exc)
+                self.worker.note("key %s refused: %s; answered 502", printable(self.key), exc)
                 self._reply_error(502, f"no node for key {printable(self.key)}")
                 return
             if node is None:
                 if self.tried:
                     self._reply_error(502, f"no node could be reached for key {printable(self.key)}")
                 else:
-                    log.warning("key %s: no node; answered 502", printable(self.key))
+                    self.worker.note("key %s: no node; answered 502", printable(self.key))
                     self._reply_error(502, f"no node for key {printable(self.key)}")
                 return
             self.tried.append(node)
@@ -207,7 +207,7 @@ class Connector:
         node.stats.failures += 1
         self.worker.mapper.failed(node, self.worker.now)
         if not self.worker.quiet:
-            log.warning(
+            self.worker.note(
                 "key %s: unable to connect to node %s (%d retries): %s",
                 printable(self.key),
                 node.name,

@@ -29,6 +29,8 @@ log = logging.getLogger("uwsgirouter.router")
 
 EPOLLIN = select.EPOLLIN
 SWEEP_INTERVAL_S = 1.0
+#: Per-request warnings (no node for a key, a refused key) logged per second at most; the rest are counted.
+NOTES_PER_SECOND = 50
 #: How often the loop tells the master it is alive (--fastrouter-harakiri compares against it).
 BEAT_INTERVAL_S = 0.5
 ACCEPT_BURST = 64
@@ -100,6 +102,9 @@ class RouterWorker:
         #: on a graceful stop, heads still arriving when the last proxied request is done get this long
         self.head_grace = float(config.socket_timeout)
         self.max_sessions = config.fastrouter_events
+        self.notes_since = 0.0
+        self.notes_logged = 0
+        self.notes_suppressed = 0
         self.ep = select.epoll()
         self.handlers: dict[int, Callable[[int], None]] = {}
         self.sessions: set[Session] = set()
@@ -133,6 +138,23 @@ class RouterWorker:
             self.mapper.done(session.node)
         if not self.accepting:
             self._resume_accepting()
+
+    def note(self, message: str, *args: object) -> None:
+        """A warning about one request (no node, refused key): at most ``NOTES_PER_SECOND`` lines a second,
+        then one line counting the rest, so a flood of bad requests cannot flood the log."""
+        self._flush_notes()
+        if self.notes_logged < NOTES_PER_SECOND:
+            self.notes_logged += 1
+            log.warning(message, *args)
+        else:
+            self.notes_suppressed += 1
+
+    def _flush_notes(self) -> None:
+        """A new second: count what was left out in the last one, start counting again."""
+        if self.now - self.notes_since >= 1.0:
+            if self.notes_suppressed:
+                log.warning("%d more lines like these in the last second were left out", self.notes_suppressed)
+            self.notes_since, self.notes_logged, self.notes_suppressed = self.now, 0, 0
 
     # -- accepting -------------------------------------------------------------------------------
 
@@ -309,6 +331,7 @@ class RouterWorker:
 
     def _sweep(self) -> None:
         """Once a second: idle sessions time out; a worker whose master died leaves."""
+        self._flush_notes()
         deadline = self.now - self.timeout
         for session in [s for s in self.sessions if s.last_active < deadline]:
             session.timed_out()
