@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -292,9 +293,14 @@ def test_heartbeat_idle_and_busy(workers: WorkerFactory, tmp_path: Path) -> None
 
     try:
         served = workers.start(apps.application, before_run=install_beat)
-        time.sleep(2.5)
-        idle = os.read(read_end, 1000)
-        assert idle.count(b".") >= 2, idle
+        idle = bytearray()
+
+        def idle_beats() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                idle.extend(os.read(read_end, 1000))
+            return idle.count(b".") >= 2
+
+        wait_until(idle_beats, 5, what="two idle heartbeats")
         get(served, "/sleep?s=0.1", HTTP_X_MARKER=str(tmp_path / "m"))
         wait_until(lambda: b"B" in os.read(read_end, 1000) or None, 5, what="a busy beat")
     finally:

@@ -40,6 +40,10 @@ class Mapper:
     def done(self, node: Node) -> None:
         """A session that used ``node`` has ended."""
 
+    def live_nodes(self) -> int | None:
+        """Nodes alive right now, for cheap mode; None for mappers whose nodes do not come and go."""
+        return None
+
 
 def check_path_key(key: bytes) -> str:
     """The key as text, if it is safe to paste into a filesystem path (D2); else ``UnsafeKey``."""

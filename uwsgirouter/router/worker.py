@@ -89,7 +89,7 @@ class RouterWorker:
         self.quiet = config.fastrouter_quiet
         # Cheap mode: accept only while the subscription table has a live node (D6: sessions in
         # flight are never cut; going cheap only stops accepting, so a shared socket's app workers answer).
-        self.cheap_mode = config.fastrouter_cheap and hasattr(mapper, "live_nodes")
+        self.cheap_mode = config.fastrouter_cheap and mapper.live_nodes() is not None
         self.is_cheap = False
         #: In cheap mode, the shared socket's own address: a request that finds no live node is sent
         #: there, once the router has stopped accepting, so the local app workers answer it.
@@ -190,7 +190,7 @@ class RouterWorker:
             session.on_client(EPOLLIN)
 
     def _live_nodes(self) -> int:
-        return int(getattr(self.mapper, "live_nodes")())  # noqa: B009 - only SubscriptionMapper has it
+        return self.mapper.live_nodes() or 0
 
     def _go_cheap(self) -> None:
         log.info("no more nodes available. Going cheap...")
