@@ -139,7 +139,7 @@ def test_flag_kinds() -> None:
     ("attr", "expected"),
     [
         ("fastrouter_timeout", 60),
-        ("fastrouter_events", 4096),
+        ("fastrouter_events", 0),
         ("fastrouter_gracetime", 30),
         ("fastrouter_max_retries", 3),
         ("fastrouter_processes", 1),

@@ -31,10 +31,11 @@ class RouterOptions:
         POSITIVE, 1, aliases=["fastrouter-workers"], help="Number of router processes sharing the listening sockets."
     )
     fastrouter_events = Scalar(
-        POSITIVE,
-        4096,
-        help="Sessions one router process serves at once; above it the router stops accepting until one ends "
-        "(also bounded by the open-file limit). In uWSGI this is the events per epoll wait, default 64.",
+        COUNT,
+        0,
+        help="Most sessions one router process serves at once (0: as many as the open-file limit allows, which "
+        "the router raises to its hard limit); at the limit it stops accepting until one ends. In uWSGI this is "
+        "the events per epoll wait, default 64.",
     )
     fastrouter_timeout = Scalar(
         integer(1, metavar="SECONDS"),

@@ -21,11 +21,14 @@ from collections.abc import Sequence
 from uwsgirouter.cache import Cache
 from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.errors import ConfigError
+from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.mappers import Mapper
 from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.router.responses import printable
 
 log = logging.getLogger("uwsgirouter.router")
+#: lines a request can cause (a mapper that raises or returns junk for some keys) are rate-limited
+_notes = LogLimiter(log)
 
 #: Distinct cache values whose parsed nodes are kept; beyond it the dict starts again.
 MAX_CACHED_VALUES = 4096
@@ -83,7 +86,7 @@ class CacheMapper(Mapper):
                     raise ValueError(f"modifier1 {modifier!r} is not a number")
                 nodes.append(make_node(address, int(modifier) % 256 if modifier else 0))
             except ValueError as exc:
-                log.warning(
+                _notes.warning(
                     "cache %r value %s: %s is not a usable node (%s)",
                     self.cache.name,
                     printable(value, 120),

@@ -17,11 +17,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from uwsgirouter.errors import ConfigError
+from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.mappers import Mapper
 from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.router.responses import printable
 
 log = logging.getLogger("uwsgirouter.router")
+#: lines a request can cause (a mapper that raises or returns junk for some keys) are rate-limited
+_notes = LogLimiter(log)
 
 SLOW_CALL_S = 0.1
 MAX_CACHED_NODES = 4096
@@ -62,12 +65,12 @@ class CodeMapper(Mapper):
         try:
             result = self.function(key.decode("utf-8", "surrogateescape"))
         except Exception:
-            log.exception("key %s: the code-string mapper %s raised; answered 502", printable(key), self.name)
+            _notes.exception("key %s: the code-string mapper %s raised; answered 502", printable(key), self.name)
             return None
         finally:
             elapsed = time.monotonic() - started
             if elapsed > SLOW_CALL_S:
-                log.warning(
+                _notes.warning(
                     "key %s: the code-string mapper %s took %.0f ms, blocking the router",
                     printable(key),
                     self.name,
@@ -87,7 +90,7 @@ class CodeMapper(Mapper):
         try:
             node = make_node(address.strip(), int(modifier) % 256 if modifier.strip().isdigit() else 0)
         except ValueError as exc:
-            log.warning("the code-string mapper returned %r, not a usable node: %s", text[:80], exc)
+            _notes.warning("the code-string mapper returned %r, not a usable node: %s", text[:80], exc)
             node = None
         if len(self._nodes) >= MAX_CACHED_NODES:
             self._nodes.clear()

@@ -54,6 +54,7 @@ class Connector:
         "node",
         "reader",
         "replied",
+        "resent",
         "state",
         "to_backend",
         "to_client",
@@ -72,6 +73,8 @@ class Connector:
     bmask: int
     to_backend: bytearray
     client_eof: bool
+    resent: bool
+    last_active: float
     body: BodyBuffer | None
 
     def on_backend(self, events: int) -> None:
@@ -92,6 +95,7 @@ class Connector:
     def _route(self) -> None:
         worker = self.worker
         assert self.head is not None
+        self.last_active = worker.now  # from now on the timeout counts inactivity, not the head's deadline
         self.key = worker.force_key or routing_key(self.head.vars)
         if worker.shutting_down:
             self._reply_error(503, "the router is shutting down")
@@ -142,7 +146,9 @@ class Connector:
             try:
                 sock = socket.socket(node.family, _SOCK_FLAGS)
             except OSError as exc:
-                log.error("key %s: cannot create a socket for node %s: %s", printable(self.key), node.name, exc)
+                self.worker.notes.error(
+                    "key %s: cannot create a socket for node %s: %s", printable(self.key), node.name, exc
+                )
                 self._reply_error(503, "the router is out of resources")
                 return
             try:

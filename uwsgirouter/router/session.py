@@ -75,11 +75,15 @@ class Session(Connector):
         self.body: BodyBuffer | None = None  # a post-buffered body, until it is all sent
         self.after_body = bytearray()  # client bytes that arrived after a post-buffered body
         self.last_active = worker.now
+        self.resent = False  # the request went to a second node after the first broke without answering
 
     # -- events ---------------------------------------------------------------------------------
 
     def on_client(self, events: int) -> None:
-        self.last_active = self.worker.now
+        if self.state != HEAD:
+            # A head must arrive whole within --fastrouter-timeout of the accept: bytes trickling in
+            # do not extend it (a client sending one byte a second would otherwise hold its place forever).
+            self.last_active = self.worker.now
         if events & EPOLLOUT:
             self._flush_client()
         if self.state == DONE:
@@ -158,7 +162,7 @@ class Session(Connector):
         try:
             extra = body.feed(data)
         except OSError as exc:
-            log.error("key %s: cannot buffer the request body: %s", printable(self.key), exc)
+            self.worker.notes.error("key %s: cannot buffer the request body: %s", printable(self.key), exc)
             self._reply_error(503, "the router cannot buffer the request body")
             return
         if not body.complete:
@@ -189,7 +193,7 @@ class Session(Connector):
             self.head = event
             rest = reader.next_event()
         except RemoteProtocolError as exc:
-            log.warning("invalid request from client: %s", exc)
+            self.worker.notes.warning("invalid request from client: %s", exc)
             self._reply_error(exc.error_status_hint, "invalid uwsgi request")
             return
         if isinstance(rest, Body):
@@ -298,7 +302,7 @@ class Session(Connector):
                 return
             if not data:
                 if not self.replied:
-                    self._backend_failed("closed the connection without answering", dead=False)
+                    self._backend_failed("closed the connection without answering")
                     return
                 # The response is complete; the backend socket is no longer needed (and would keep
                 # reporting HUP). What is still queued for the client is flushed, then the session ends.
@@ -323,22 +327,29 @@ class Session(Connector):
         except OSError:
             pass
 
-    def _backend_failed(self, reason: str, dead: bool = True) -> None:
-        """The node broke the connection (``dead``: reset, so it is probably gone) or closed it early."""
+    def _backend_failed(self, reason: str) -> None:
+        """The node reset or closed the connection after it was sent the request.
+
+        That says something about this request (a header too large for the node's buffer, an app that
+        crashed on it), not about the node's health: the node is not marked dead, so one bad request
+        cannot take every node out. A node that is really gone refuses the next connect and is marked
+        then. The request goes once to another node if it can be sent again unchanged (an idempotent
+        method without a body, nothing answered yet): a node killed mid-request costs no request, and a
+        request that breaks nodes reaches two at most.
+        """
         node = self.node
         name = node.name if node else "?"
-        if not self.replied and node is not None and self._can_resend():
-            # Nothing was answered and the request can be sent again unchanged (an idempotent method
-            # without a body): try the next node, as nginx does, instead of failing the client.
-            log.warning("key %s: node %s %s; trying the next node", printable(self.key), name, reason)
+        worker = self.worker
+        if not self.replied and node is not None and not self.resent and self._can_resend():
+            self.resent = True
+            worker.notes.warning(
+                "key %s: node %s %s; sending the request to the next node", printable(self.key), name, reason
+            )
             self._drop_backend()
-            if dead:
-                self.worker.mapper.failed(node, self.worker.now)
-            else:
-                self.worker.mapper.done(node)
+            worker.mapper.done(node)
             self._connect_next()
             return
-        log.warning("key %s: node %s %s", printable(self.key), name, reason)
+        worker.notes.warning("key %s: node %s %s", printable(self.key), name, reason)
         if self.replied:
             self._abort("")
         else:
@@ -359,7 +370,9 @@ class Session(Connector):
         if self.state == HEAD:
             self._abort("")
         elif self.replied:
-            log.warning("key %s: node %s timed out mid-response", printable(self.key), self.node and self.node.name)
+            self.worker.notes.warning(
+                "key %s: node %s timed out mid-response", printable(self.key), self.node and self.node.name
+            )
             self._abort("")
         else:
             node = self.node
@@ -368,7 +381,9 @@ class Session(Connector):
                 self._connect_failed(node, 0)
                 self._connect_next()
                 return
-            log.warning("key %s: node %s timed out; answered 504", printable(self.key), node and node.name)
+            self.worker.notes.warning(
+                "key %s: node %s timed out; answered 504", printable(self.key), node and node.name
+            )
             self._reply_error(504, f"the node for key {printable(self.key)} did not answer in time")
 
     def _reply_error(self, status: int, detail: str) -> None:
@@ -386,12 +401,12 @@ class Session(Connector):
 
     def _abort(self, reason: str) -> None:
         if reason:
-            log.info("key %s: session closed: %s", printable(self.key), reason)
+            self.worker.notes.info("key %s: session closed: %s", printable(self.key), reason)
         self._finish()
 
     def _drop_backend(self) -> None:
         if self.backend is not None:
-            self.worker.remove_fd(self.bfd)
+            self.worker.remove_backend_fd(self.bfd)
             self.backend.close()
             self.backend = None
             self.bfd = -1

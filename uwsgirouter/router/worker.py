@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from uwsgirouter.config import Config
+from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.mappers import Mapper, static_nodes
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.session import Session
@@ -29,21 +30,22 @@ log = logging.getLogger("uwsgirouter.router")
 
 EPOLLIN = select.EPOLLIN
 SWEEP_INTERVAL_S = 1.0
-#: Per-request warnings (no node for a key, a refused key) logged per second at most; the rest are counted.
-NOTES_PER_SECOND = 50
 #: How often the loop tells the master it is alive (--fastrouter-harakiri compares against it).
 BEAT_INTERVAL_S = 0.5
 ACCEPT_BURST = 64
 #: Descriptors kept free for logging, the stats server and the like when sizing the session cap.
 SPARE_FDS = 16
+#: Descriptors kept for backend connections when deciding whether to accept one more client: idle clients
+#: may use the rest, but sessions that route always find a descriptor for their node (at most this many).
+BACKEND_HEADROOM = 256
 #: After EMFILE/ENFILE on accept, wait this long before accepting again (never spin).
 ACCEPT_PAUSE_S = 0.1
 
 
-def fd_session_limit(baseline_fds: int) -> int:
-    """Sessions that can each have a client and a backend descriptor within RLIMIT_NOFILE.
+def fd_budget(baseline_fds: int) -> int:
+    """Descriptors this process may give to clients and backends, within RLIMIT_NOFILE.
 
-    The soft limit is first raised to the hard one: each session needs two descriptors.
+    The soft limit is first raised to the hard one, as uWSGI's sessions are bounded by descriptors only.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
@@ -54,7 +56,12 @@ def fd_session_limit(baseline_fds: int) -> int:
             pass
     if soft == resource.RLIM_INFINITY:
         return 1 << 30
-    return max(1, (soft - baseline_fds - SPARE_FDS) // 2)
+    return max(2, soft - baseline_fds - SPARE_FDS)
+
+
+def client_limit(budget: int) -> int:
+    """How many descriptors clients and backends may hold before the router stops accepting."""
+    return max(1, budget - min(BACKEND_HEADROOM, budget // 4))
 
 
 class RouterWorker:
@@ -101,10 +108,16 @@ class RouterWorker:
         self.mercy = float(config.worker_reload_mercy)
         #: on a graceful stop, heads still arriving when the last proxied request is done get this long
         self.head_grace = float(config.socket_timeout)
-        self.max_sessions = config.fastrouter_events
-        self.notes_since = 0.0
-        self.notes_logged = 0
-        self.notes_suppressed = 0
+        #: --fastrouter-events: an explicit cap on sessions (0: only the descriptor limit bounds them)
+        self.max_sessions = config.fastrouter_events or (1 << 30)
+        #: descriptors clients and backends may use before accepting pauses (set in run())
+        self.fd_limit = 1 << 30
+        #: backend connections open now (client connections are len(sessions))
+        self.backends = 0
+        #: per-request and per-client lines (no node, refused key, invalid request, broken node)
+        self.notes = LogLimiter(log)
+        #: "limit reached" lines: at most one a second however long the router stays at its limit
+        self.limit_notes = LogLimiter(log, per_second=1)
         self.ep = select.epoll()
         self.handlers: dict[int, Callable[[int], None]] = {}
         self.sessions: set[Session] = set()
@@ -122,8 +135,15 @@ class RouterWorker:
     # -- registration helpers used by sessions ---------------------------------------------------
 
     def add_fd(self, fd: int, handler: Callable[[int], None], mask: int) -> None:
+        """Watch a session's backend connection (counted against the descriptor budget)."""
         self.handlers[fd] = handler
         self.ep.register(fd, mask)
+        self.backends += 1
+
+    def remove_backend_fd(self, fd: int) -> None:
+        """Forget a backend connection, which the caller closes next."""
+        self.handlers.pop(fd, None)
+        self.backends -= 1
 
     def modify(self, fd: int, mask: int) -> None:
         self.ep.modify(fd, mask)
@@ -140,21 +160,26 @@ class RouterWorker:
             self._resume_accepting()
 
     def note(self, message: str, *args: object) -> None:
-        """A warning about one request (no node, refused key): at most ``NOTES_PER_SECOND`` lines a second,
-        then one line counting the rest, so a flood of bad requests cannot flood the log."""
-        self._flush_notes()
-        if self.notes_logged < NOTES_PER_SECOND:
-            self.notes_logged += 1
-            log.warning(message, *args)
-        else:
-            self.notes_suppressed += 1
+        """A warning about one request (no node, refused key): rate-limited, so a flood of bad requests
+        cannot flood the log."""
+        self.notes.warning(message, *args)
 
-    def _flush_notes(self) -> None:
-        """A new second: count what was left out in the last one, start counting again."""
-        if self.now - self.notes_since >= 1.0:
-            if self.notes_suppressed:
-                log.warning("%d more lines like these in the last second were left out", self.notes_suppressed)
-            self.notes_since, self.notes_logged, self.notes_suppressed = self.now, 0, 0
+    def _room_to_accept(self) -> bool:
+        """Whether one more client fits: under --fastrouter-events and within the descriptor budget."""
+        sessions = len(self.sessions)
+        if sessions >= self.max_sessions:
+            self.limit_notes.warning(
+                "%d sessions (--fastrouter-events): not accepting until one ends", self.max_sessions
+            )
+            return False
+        if sessions + self.backends >= self.fd_limit:
+            self.limit_notes.warning(
+                "descriptor limit reached (%d sessions, %d backend connections): not accepting until one ends",
+                sessions,
+                self.backends,
+            )
+            return False
+        return True
 
     # -- accepting -------------------------------------------------------------------------------
 
@@ -166,7 +191,7 @@ class RouterWorker:
             if self.is_cheap:
                 return
         for _ in range(ACCEPT_BURST):
-            if len(self.sessions) >= self.max_sessions:
+            if not self._room_to_accept():
                 self._pause_accepting()
                 return
             try:
@@ -175,7 +200,7 @@ class RouterWorker:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("cannot accept a connection: %s; pausing accepts briefly", exc.strerror)
+                    self.limit_notes.error("cannot accept a connection: %s; pausing accepts briefly", exc.strerror)
                     self._pause_accepting(ACCEPT_PAUSE_S)
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
@@ -225,7 +250,8 @@ class RouterWorker:
     def _resume_accepting(self) -> None:
         if self.accepting or self.is_cheap or self.door_closed_at or self.now < self.accept_paused_until:
             return
-        if len(self.sessions) >= self.max_sessions:
+        sessions = len(self.sessions)
+        if sessions >= self.max_sessions or sessions + self.backends >= self.fd_limit:
             return
         for listener in self.listeners:
             self.ep.modify(listener.fileno(), EPOLLIN)
@@ -270,7 +296,7 @@ class RouterWorker:
         gc.freeze()
         self._install_signals()
         baseline = len(os.listdir("/proc/self/fd"))
-        self.max_sessions = min(self.max_sessions, fd_session_limit(baseline))
+        self.fd_limit = client_limit(fd_budget(baseline))
         self.handlers[self._wakeup_r] = self._drain_wakeup
         self.ep.register(self._wakeup_r, EPOLLIN)
         for listener in self.listeners:
@@ -330,8 +356,10 @@ class RouterWorker:
         reply.sock.close()
 
     def _sweep(self) -> None:
-        """Once a second: idle sessions time out; a worker whose master died leaves."""
-        self._flush_notes()
+        """Once a second: idle sessions time out (a request head must be complete within the timeout of
+        its accept, however it trickles); a worker whose master died leaves."""
+        self.notes.flush(self.now)
+        self.limit_notes.flush(self.now)
         deadline = self.now - self.timeout
         for session in [s for s in self.sessions if s.last_active < deadline]:
             session.timed_out()
