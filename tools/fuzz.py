@@ -3,6 +3,7 @@
     tools/fuzz --list                      the targets
     tools/fuzz request --minutes 5         fuzz one target; new interesting inputs go to its corpus
     tools/fuzz ini --replay [FILE ...]     run files (default: the whole corpus) through the checker
+    tools/fuzz ini --add FILE ...          once fixed, move crashes into the corpus (CI replays them)
     tools/fuzz subscription --minimize     shrink the stored corpus to what adds line coverage
 
 The targets and their invariants live in ``tests/fuzz/targets.py`` so that CI replays the corpus through
@@ -225,6 +226,7 @@ def fuzz(target: Target, minutes: float, work: Path | None) -> int:
     for crash in found:
         print(f"fuzz: CRASH saved to {_relative(crash)}")
         print(f"fuzz: reproduce with: tools/fuzz {target.name} --replay {_relative(crash)}")
+        print(f"fuzz: once fixed, keep it with: tools/fuzz {target.name} --add {_relative(crash)}")
     if result.returncode != 0 and not found:
         print(f"fuzz: libFuzzer failed without saving an input (status {result.returncode})")
         return 1
@@ -246,6 +248,21 @@ def replay(target: Target, paths: list[Path]) -> int:
             print(f"ok   {path}")
     print(f"replay: {len(paths) - failures} ok, {failures} failed")
     return 1 if failures else 0
+
+
+def add(target: Target, paths: list[Path]) -> int:
+    """Store fixed crashes in the corpus as they are (CI replays them from then on); they must pass now."""
+    from tests.fuzz.targets import CRASHES_ROOT
+
+    if replay(target, paths):
+        print("add: fix the failures first; nothing was stored")
+        return 1
+    added = _store(target.corpus, [p.read_bytes() for p in paths])
+    for path in paths:
+        if path.resolve().parent == CRASHES_ROOT:
+            path.unlink()
+    print(f"add: {added} new input(s) in {_relative(target.corpus)}")
+    return 0
 
 
 def minimize(target: Target) -> int:
@@ -280,6 +297,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="how long to fuzz (default 5)")
     parser.add_argument("--work", type=Path, help="keep libFuzzer's working corpus here (default: a temp dir)")
     parser.add_argument("--replay", nargs="*", type=Path, metavar="FILE", help="check FILEs (default: the corpus)")
+    parser.add_argument("--add", nargs="+", type=Path, metavar="FILE", help="store fixed crashes in the corpus")
     parser.add_argument("--minimize", action="store_true", help="shrink the stored corpus and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -291,6 +309,8 @@ def main(argv: list[str]) -> int:
     target = targets[args.target]
     if args.replay is not None:
         return replay(target, args.replay)
+    if args.add:
+        return add(target, args.add)
     if args.minimize:
         return minimize(target)
     try:
