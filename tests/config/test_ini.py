@@ -395,6 +395,13 @@ def test_file_substitution_of_a_missing_file_is_an_error(tmp_path: Path) -> None
         load("--fastrouter-use-base", f"@({tmp_path}/missing.txt)")
 
 
+def test_file_substitution_of_a_path_with_a_nul_byte_is_an_error(tmp_path: Path) -> None:
+    # Found by tools/fuzz ini: open() raises ValueError, not OSError, for a NUL in the path.
+    path = write(tmp_path / "nul.ini", "[uwsgi]\nprocname = @(a\0b)\n")
+    with pytest.raises(ConfigError, match="null byte"):
+        load(path)
+
+
 def test_option_substitution_uses_the_first_value(tmp_path: Path) -> None:
     path = write(
         tmp_path / "opt.ini",
@@ -602,6 +609,14 @@ def test_nested_missing_file_names_the_path(tmp_path: Path, capsys: pytest.Captu
         "",
         f"uwsgirouter: unable to load configuration from {tmp_path}/not-there.ini: No such file or directory\n",
     )
+
+
+def test_nested_path_with_a_nul_byte_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by tools/fuzz ini (the input is in tests/fuzz/corpus/ini): this was a ValueError traceback.
+    path = write(tmp_path / "outer.ini", "[uwsgi]\nini = a\0b.ini\n")
+    code, _, err = run(capsys, path)
+    assert (code, err.count("\n")) == (2, 1)
+    assert "null byte" in err
 
 
 # --- unknown keys -------------------------------------------------------------------------------------------

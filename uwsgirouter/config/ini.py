@@ -133,8 +133,9 @@ def read_ini(
     try:
         with open(source.path, encoding="utf-8", errors="surrogateescape") as handle:
             raw = handle.read()
-    except OSError as exc:
-        raise ConfigError(f"unable to load configuration from {source.path}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"unable to load configuration from {source.path}: {reason}") from None
     table = magic_table(source, first_table)
     pairs, found = parse_ini(apply_magic(raw, table), source.section)
     if not found:

@@ -194,8 +194,9 @@ def _read_at_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             content = handle.read()
-    except OSError as exc:
-        raise ConfigError(f"@({path}): {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"@({path}): {reason}") from None
     return content[:-1] if content.endswith("\n") else content
 
 
