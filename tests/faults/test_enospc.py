@@ -120,12 +120,6 @@ def start(procs: ProcessManager, directory: Path) -> tuple[Proc, tuple[str, int]
     return router, (LOOPBACK, port)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: on ENOSPC BodyBuffer.close() re-raises the failed flush from Session._finish, "
-    "so the router worker crashes after sending the 503 (every session it held is cut) and is respawned",
-)
 def test_upload_into_a_full_file_system(full_fs: Path, procs: ProcessManager) -> None:
     router, address = start(procs, full_fs)
     worker = router_worker(router)

@@ -41,11 +41,20 @@ class BodyBuffer:
             self.memory += take
             return extra
         if self.file is None:
-            self.file = tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115 - closed by close()
-            self.file.write(self.memory)
+            # Unbuffered: a full disk (ENOSPC) fails the write that hit it, which the session answers with
+            # an error, instead of a flush at close time that nothing could answer for.
+            self.file = tempfile.TemporaryFile(dir=self.directory, buffering=0)  # noqa: SIM115 - see close()
+            self._write(self.memory)
             self.memory = bytearray()
-        self.file.write(take)
+        self._write(take)
         return extra
+
+    def _write(self, data: bytes | bytearray) -> None:
+        assert self.file is not None
+        view = memoryview(data)
+        while view:
+            written = self.file.write(view)
+            view = view[written or 0 :]
 
     def next_chunk(self, size: int) -> bytes:
         """The next ``size`` bytes of a spilled body, to send; b"" once it is all sent."""
@@ -56,6 +65,10 @@ class BodyBuffer:
         return chunk
 
     def close(self) -> None:
+        """Drop the body; the unlinked file's space is freed with its descriptor (closing cannot fail)."""
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            try:
+                file.close()
+            except OSError:
+                pass

@@ -333,9 +333,9 @@ class Session(Connector):
         That says something about this request (a header too large for the node's buffer, an app that
         crashed on it), not about the node's health: the node is not marked dead, so one bad request
         cannot take every node out. A node that is really gone refuses the next connect and is marked
-        then. The request goes once to another node if it can be sent again unchanged (an idempotent
-        method without a body, nothing answered yet): a node killed mid-request costs no request, and a
-        request that breaks nodes reaches two at most.
+        then. The request is sent once more, to the next node the mapper picks (possibly the same one), if it
+        can be sent again unchanged (an idempotent method without a body, nothing answered yet): a node
+        killed mid-request costs no request, and a request that breaks nodes reaches two at most.
         """
         node = self.node
         name = node.name if node else "?"
@@ -347,6 +347,9 @@ class Session(Connector):
             )
             self._drop_backend()
             worker.mapper.done(node)
+            # The node may be picked again: if it is really gone, that connect is refused and marks it
+            # dead (so cheap mode can hand the request to the local app); if not, it answers this time.
+            self.tried.remove(node)
             self._connect_next()
             return
         worker.notes.warning("key %s: node %s %s", printable(self.key), name, reason)
