@@ -65,14 +65,61 @@ def test_death_mark_until_the_next_announce() -> None:
     assert table.live_count() == 1
 
 
-def test_capacity_refuses_new_nodes_and_keys_but_keeps_the_others() -> None:
+def test_a_full_table_refuses_only_when_every_key_is_in_use() -> None:
     table = NodeTable(max_nodes=3, max_keys=2)
     assert table.apply(sub(key=b"a", address=b"x:1"), 0, 0) is Change.ADDED
     assert table.apply(sub(key=b"b", address=b"x:1"), 0, 0) is Change.ADDED
+    table.mark_used(b"a")
+    table.mark_used(b"b")
     assert table.apply(sub(key=b"c", address=b"x:1"), 0, 0) is Change.FULL
     assert table.apply(sub(key=b"a", address=b"x:2"), 0, 0) is Change.ADDED
     assert table.apply(sub(key=b"a", address=b"x:3"), 0, 0) is Change.FULL
     assert table.apply(sub(key=b"a", address=b"x:1"), 1, 1) is Change.REFRESHED
+    assert set(table.keys) == {b"a", b"b"} and table.node_count == 3 and table.displaced == 0
+
+
+def test_a_full_table_gives_up_the_oldest_unused_key_for_a_new_one() -> None:
+    table = NodeTable(max_nodes=100, max_keys=3)
+    for key in (b"old", b"used", b"newer"):
+        table.apply(sub(key=key, address=b"x:1"), 0, 0, b"10.0.0.1")
+    table.mark_used(b"used")
+    version = table.version
+    assert table.apply(sub(key=b"fresh", address=b"x:1"), 0, 0, b"10.0.0.2") is Change.ADDED
+    assert list(table.keys) == [b"used", b"newer", b"fresh"], "the oldest key no request used is given up"
+    assert table.displaced == 1 and table.node_count == 3 and table.version > version
+    assert table.apply(sub(key=b"fresher", address=b"x:1"), 0, 0, b"10.0.0.3") is Change.ADDED
+    assert list(table.keys) == [b"used", b"fresh", b"fresher"]
+    assert b"used" in table.keys, "a key that carried requests is never given up"
+
+
+def test_a_sender_over_its_share_only_displaces_its_own_keys() -> None:
+    table = NodeTable(max_nodes=100, max_keys=8)  # a share is 8 * 0.25 = 2 keys
+    table.apply(sub(key=b"legit-1", address=b"x:1"), 0, 0, b"10.0.0.1")
+    for number in range(7):
+        table.apply(sub(key=b"flood-%d" % number, address=b"x:1"), 0, 0, b"10.0.0.66")
+    # The flooder holds 7 of 8 keys: its next key displaces its own oldest, never legit-1.
+    for number in range(7, 50):
+        assert table.apply(sub(key=b"flood-%d" % number, address=b"x:1"), 0, 0, b"10.0.0.66") is Change.ADDED
+    assert b"legit-1" in table.keys and len(table.keys) == 8
+    # Another sender's new key displaces the oldest unused key, the flooder's.
+    assert table.apply(sub(key=b"legit-2", address=b"x:1"), 0, 0, b"10.0.0.2") is Change.ADDED
+    assert {b"legit-1", b"legit-2"} <= set(table.keys) and len(table.keys) == 8
+    assert table.keys_of == {b"10.0.0.1": 1, b"10.0.0.2": 1, b"10.0.0.66": 6}
+
+
+def test_a_full_node_table_displaces_unused_keys_and_its_bookkeeping_stays_consistent() -> None:
+    table = NodeTable(max_nodes=4, max_keys=100)
+    table.apply(sub(key=b"a", address=b"x:1"), 0, 0, b"s")
+    table.apply(sub(key=b"a", address=b"x:2"), 0, 0, b"s")
+    table.apply(sub(key=b"b", address=b"x:1"), 0, 0, b"s")
+    table.apply(sub(key=b"c", address=b"x:1"), 0, 0, b"s")
+    table.mark_used(b"c")
+    assert table.apply(sub(key=b"c", address=b"x:2"), 0, 0, b"t") is Change.ADDED
+    assert list(table.keys) == [b"b", b"c"] and table.node_count == 3, "unused key a and its two nodes gave way"
+    table.remove(b"b", b"x:1")
+    table.expire(now=100)
+    assert not table.keys and table.node_count == 0
+    assert not table.unused and not table.unused_of and not table.keys_of and not table.owner and not table.heavy
 
 
 def published(table: NodeTable, **kwargs: object) -> SubscriptionMapper:
@@ -128,6 +175,7 @@ def test_dead_and_tried_nodes_are_skipped_and_failures_are_reported() -> None:
         mapper = published(table, report=worker_end)
         node = mapper.pick(b"example.com", (), 0)
         assert node is not None
+        assert master_end.recv(600) == b"\0example.com", "the first request by a key reports it in use"
         mapper.failed(node, 0)
         assert master_end.recv(600) == b"example.com\0" + node.name.encode()
         other = mapper.pick(b"example.com", (), 0)
@@ -158,7 +206,7 @@ def test_state_survives_a_new_image() -> None:
     image.publish((table.snapshot(), {}))
     again = mapper.pick(b"example.com", (node,), 0)
     assert again is not None and again.name == "127.0.0.1:2"
-    assert node in mapper.pools[b"example.com"].nodes, "the same Node object is kept"
+    assert node in mapper.all_pools()[b"example.com"].nodes, "the same Node object is kept"
 
 
 def test_an_image_too_large_is_refused() -> None:

@@ -58,7 +58,7 @@ def stats_document(worker: RouterWorker, names: Sequence[str], cheap: bool = Fal
     if isinstance(mapper, SubscriptionMapper):
         mapper.refresh()
         subscriptions = []
-        for key, pool in mapper.pools.items():
+        for key, pool in mapper.all_pools().items():
             nodes = []
             for node in pool.nodes:
                 cores, load, last_check, failcnt = (pool.details.get(node) or [0, 0, 0, 0])[:4]
@@ -89,6 +89,7 @@ def stats_document(worker: RouterWorker, names: Sequence[str], cheap: bool = Fal
             )
         doc["subscriptions"] = subscriptions
         doc["subscription_packets_rejected"] = mapper.counters.get("rejected", 0)
+        doc["subscription_keys_displaced"] = mapper.counters.get("displaced", 0)
     doc["cheap"] = 1 if cheap else 0
     return doc
 

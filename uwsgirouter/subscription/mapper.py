@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
+from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.mappers import Mapper
 from uwsgirouter.router.nodes import Node, make_node
+from uwsgirouter.router.responses import printable
 from uwsgirouter.subscription.image import TableImage
 
 log = logging.getLogger("uwsgirouter.router")
+_notes = LogLimiter(log)
 
 #: uWSGI's dotsplit stops after this many lookups (a.b.example.com -> .b.example.com -> ...).
 DOTSPLIT_LOOKUPS = 5
@@ -25,10 +29,13 @@ DOTSPLIT_LOOKUPS = 5
 class Pool:
     """The nodes of one key, with the balancing algorithm's state."""
 
-    __slots__ = ("dead", "details", "hits", "nodes", "weights")
+    __slots__ = ("dead", "details", "entries", "hits", "key", "nodes", "reported", "weights")
 
-    def __init__(self) -> None:
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.entries: list[tuple[Any, ...]] = []  # as published; equal entries mean an unchanged pool
         self.hits = 0
+        self.reported = False  # the master was told this key carries requests
         self.details: dict[Node, list[int]] = {}  # cores, load, last announce, failures (for the stats)
         self.nodes: list[Node] = []
         self.weights: dict[Node, int] = {}
@@ -51,7 +58,9 @@ class SubscriptionMapper(Mapper):
         self.algo = algo
         self.dotsplit = dotsplit
         self.fallback_key = fallback_key
-        self.pools: dict[bytes, Pool] = {}
+        self.pools: dict[bytes, Pool] = {}  # built from the current image
+        self.stale: dict[bytes, Pool] = {}  # built from an earlier one, reused while the entries match
+        self.entries: dict[bytes, list[tuple[Any, ...]]] = {}
         self.seen = -1
         self.current: dict[Node, int] = {}  # smooth wrr state
         self.references: dict[Node, int] = {}  # in-flight sessions per node (lrc, wlrc)
@@ -60,40 +69,81 @@ class SubscriptionMapper(Mapper):
         self.counters: dict[str, int] = {}  # published by the master alongside the table (stats)
 
     def refresh(self) -> bool:
-        """Adopt the master's newest image, if there is one; True when it changed."""
+        """Adopt the master's newest image, if there is one; True when it changed.
+
+        Only the raw entries are taken here; a key's pool is built when a request first needs it (or the
+        stats ask), reusing the previous pool when its entries did not change. So a large table that
+        changes often (a flood of announces) costs the router a decode, not a rebuild of every pool.
+        """
         if self.image.sequence == self.seen:
             return False
         result = self.image.read()
         if result is None:
             return False
         self.seen, (snapshot, self.counters) = result
-        old = {(key, node.name): node for key, pool in self.pools.items() for node in pool.nodes}
-        pools: dict[bytes, Pool] = {}
-        for key, entries in snapshot:
-            pool = Pool()
-            for address, modifier1, modifier2, weight, dead, *details in entries:
-                name = address.decode("utf-8", "surrogateescape")
-                node = old.get((key, name))
-                if node is None or node.modifier1 != modifier1 or node.modifier2 != modifier2:
-                    try:
-                        node = make_node(name, modifier1, modifier2)
-                    except (ValueError, OSError) as exc:
-                        log.warning("subscription node %s for key %r is unusable: %s", name, key, exc)
-                        continue
-                pool.nodes.append(node)
-                pool.weights[node] = weight
-                pool.details[node] = details
-                if dead:
-                    pool.dead.add(node)
-            previous = self.pools.get(key)
-            pool.hits = previous.hits if previous is not None else 0
-            pools[key] = pool
-        self.pools = pools
-        alive = {node for pool in pools.values() for node in pool.nodes}
-        self.current = {n: v for n, v in self.current.items() if n in alive}
-        self.requests = {n: v for n, v in self.requests.items() if n in alive}
-        self.live = sum(len(p.nodes) - len(p.dead) for p in pools.values())
+        self.entries = entries = dict(snapshot)
+        stale = self.stale
+        stale.update(self.pools)
+        self.pools = {}
+        for key in [key for key in stale if key not in entries]:
+            self._forget(stale.pop(key).nodes)
+        self.live = sum(1 for nodes in entries.values() for entry in nodes if not entry[4])
         return True
+
+    def _pool(self, key: bytes) -> Pool | None:
+        """The pool of ``key`` in the current image, built on first use."""
+        pool = self.pools.get(key)
+        if pool is not None:
+            return pool
+        entries = self.entries.get(key)
+        if entries is None:
+            return None
+        previous = self.stale.pop(key, None)
+        if previous is not None and previous.entries == entries:
+            pool = previous
+        else:
+            pool = self._build(key, entries, previous)
+        self.pools[key] = pool
+        return pool
+
+    def _build(self, key: bytes, entries: list[tuple[Any, ...]], previous: Pool | None) -> Pool:
+        old = {node.name: node for node in previous.nodes} if previous is not None else {}
+        pool = Pool(key)
+        pool.entries = entries
+        for address, modifier1, modifier2, weight, dead, *details in entries:
+            name = address.decode("utf-8", "surrogateescape")
+            node = old.pop(name, None)
+            if node is None or node.modifier1 != modifier1 or node.modifier2 != modifier2:
+                try:
+                    node = make_node(name, modifier1, modifier2)
+                except (ValueError, OSError) as exc:
+                    _notes.warning("subscription node %s for key %s is unusable: %s", name, printable(key), exc)
+                    continue
+            pool.nodes.append(node)
+            pool.weights[node] = weight
+            pool.details[node] = details
+            if dead:
+                pool.dead.add(node)
+        if previous is not None:
+            pool.hits, pool.reported = previous.hits, previous.reported
+            self._forget(old.values())
+        return pool
+
+    def _forget(self, nodes: Iterable[Node]) -> None:
+        """Balancing state of nodes that left the table."""
+        for node in nodes:
+            self.current.pop(node, None)
+            self.requests.pop(node, None)
+
+    def all_pools(self) -> dict[bytes, Pool]:
+        """Every key's pool, in table order (for the stats document)."""
+        self.refresh()
+        pools = {}
+        for key in self.entries:
+            pool = self._pool(key)
+            if pool is not None:
+                pools[key] = pool
+        return pools
 
     def live_nodes(self) -> int:
         """Nodes not marked dead, across all keys (cheap mode watches it)."""
@@ -101,10 +151,10 @@ class SubscriptionMapper(Mapper):
         return self.live
 
     def _pool_for(self, key: bytes) -> Pool | None:
-        pool = self.pools.get(key)
+        pool = self._pool(key)
         if pool is not None or not self.dotsplit:
             if pool is None and self.fallback_key is not None:
-                return self.pools.get(self.fallback_key)
+                return self._pool(self.fallback_key)
             return pool
         candidate = key
         for _ in range(DOTSPLIT_LOOKUPS - 1):
@@ -112,7 +162,7 @@ class SubscriptionMapper(Mapper):
             if dot < 0:
                 return None
             candidate = candidate[dot:]
-            pool = self.pools.get(candidate)
+            pool = self._pool(candidate)
             if pool is not None:
                 return pool
         return None
@@ -123,6 +173,8 @@ class SubscriptionMapper(Mapper):
         if pool is None:
             return None
         pool.hits += 1
+        if not pool.reported:
+            self._report_used(pool)
         live = [n for n in pool.nodes if n not in pool.dead and n not in tried]
         if not live:
             return None
@@ -135,6 +187,15 @@ class SubscriptionMapper(Mapper):
         self.references[node] = self.references.get(node, 0) + 1
         self.requests[node] = self.requests.get(node, 0) + 1
         return node
+
+    def _report_used(self, pool: Pool) -> None:
+        """Tell the master, once, that this key carries requests: a full table never gives it up."""
+        pool.reported = True
+        if self.report is not None:
+            try:
+                self.report.send(b"\0" + pool.key)
+            except OSError:
+                pool.reported = False  # try again with the next request
 
     def _smooth_wrr(self, live: list[Node], pool: Pool) -> Node:
         """nginx's smooth weighted round robin: exact weights, interleaved (DECISIONS D10)."""
