@@ -330,3 +330,13 @@ def test_workers_share_the_socket(workers: WorkerFactory) -> None:
     assert not errors, errors
     assert len(pids) == 24
     assert {int(p) for p in pids} == {c.pid for c in served.children}
+
+
+def test_a_flood_of_bad_heads_cannot_flood_the_log(served: Served) -> None:
+    """Hostile clients trigger one error line each: at most 50 a second are written, the rest counted."""
+    vars = request_vars(HTTP_X_BIG="x" * 5000)
+    for _ in range(300):  # bounded
+        raw_exchange(served, uwsgi_packet(vars))
+    assert get(served, "/").status == 200
+    text = served.wait_log("more lines like these")
+    assert 0 < text.count("invalid request block size") <= 100, text.count("invalid request block size")

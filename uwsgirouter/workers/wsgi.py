@@ -38,6 +38,7 @@ from uwsgirouter.protocol import (
     RequestReader,
     content_length,
 )
+from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.sock import Listener
 from uwsgirouter.workers.environ import (
     READ_CHUNK,
@@ -51,6 +52,8 @@ from uwsgirouter.workers.environ import (
 __all__ = ["ClientDisconnected", "FileWrapper", "InputStream", "WsgiWorker", "build_environ"]
 
 log = logging.getLogger("uwsgirouter.wsgi")
+#: lines a client can cause (bad heads, dropped connections, app errors) are rate-limited
+_notes = LogLimiter(log)
 
 #: Body bytes the app left unread that we still read and discard, so closing does not reset the
 #: connection (a reset can make the client lose the response). Larger leftovers are not worth it.
@@ -296,6 +299,7 @@ class WsgiWorker:
         try:
             while not (self.stopping or self.exit_now):
                 self.heartbeat()
+                _notes.flush()  # the count of lines left out is written even when the flood has stopped
                 if os.getppid() != self.parent_pid:
                     log.error("the master process is gone; worker %d exits", self.worker_id)
                     break
@@ -327,7 +331,7 @@ class WsgiWorker:
             return  # another worker won the race
         except OSError as exc:
             if exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR):
-                log.error("cannot accept a connection: %s; pausing briefly", exc.strerror or exc)
+                _notes.error("cannot accept a connection: %s; pausing briefly", exc.strerror or exc)
                 time.sleep(ACCEPT_PAUSE_S)  # EMFILE and the like: never spin
             return
         self._in_request = True
@@ -335,7 +339,7 @@ class WsgiWorker:
             client.settimeout(self.timeout)
             self._serve(client)
         except Exception:
-            log.exception("internal error while serving a connection; the worker goes on")
+            _notes.exception("internal error while serving a connection; the worker goes on")
         finally:
             self._in_request = False
             self.busy_since = 0.0
@@ -355,7 +359,7 @@ class WsgiWorker:
             try:
                 data = client.recv(READ_CHUNK)
             except TimeoutError:
-                log.warning("timeout reading a request head (%d bytes received)", received)
+                _notes.warning("timeout reading a request head (%d bytes received)", received)
                 return None
             except OSError:
                 return None
@@ -368,9 +372,9 @@ class WsgiWorker:
             except RemoteProtocolError as exc:
                 if exc.error_status_hint == 431:
                     size = first[1] | first[2] << 8
-                    log.error("invalid request block size: %d (max %d)...skip", size, self.buffer_size)
+                    _notes.error("invalid request block size: %d (max %d)...skip", size, self.buffer_size)
                 else:
-                    log.error("invalid uwsgi request: %s", exc)
+                    _notes.error("invalid uwsgi request: %s", exc)
                 return None
             if isinstance(event, ConnectionClosed):
                 return None
@@ -396,15 +400,15 @@ class WsgiWorker:
                 except OSError:
                     pass
             else:
-                log.error("-- unavailable modifier requested: %d --", head.modifier1)
+                _notes.error("-- unavailable modifier requested: %d --", head.modifier1)
             return
         if len(head.vars) > self.max_pairs:
-            log.error("too many vars: %d (max %d)...skip", len(head.vars), self.max_pairs)
+            _notes.error("too many vars: %d (max %d)...skip", len(head.vars), self.max_pairs)
             return
         try:
             length = content_length(head.vars)
         except RemoteProtocolError as exc:
-            log.error("%s...skip", exc)
+            _notes.error("%s...skip", exc)
             return
         stream = InputStream(client.recv, initial, length)
         environ = build_environ(head, stream, self.node)
@@ -434,14 +438,14 @@ class WsgiWorker:
                     close()
         except ClientDisconnected as exc:
             remote = _printable(head.get(b"REMOTE_ADDR") or b"-")
-            log.warning("%s (from %s): %s", self._what(head), remote, exc)
+            _notes.warning("%s (from %s): %s", self._what(head), remote, exc)
         except SystemExit as exc:  # as under uWSGI, the worker dies (apps use it to get recycled)
             log.error("the app called sys.exit(%r) while serving %s; worker exits", exc.code, self._what(head))
             self.stopping, self.exit_status = True, APP_EXIT_STATUS
             if not response.head_sent and not response.failed:
                 response.internal_error()
         except Exception:
-            log.error("exception in the app while serving %s:", self._what(head), exc_info=True)
+            _notes.exception("exception in the app while serving %s:", self._what(head))
             if not response.head_sent and not response.failed:
                 response.internal_error()
 
