@@ -286,3 +286,22 @@ def test_descriptor_exhaustion_keeps_serving_reports_once_a_second_and_never_spi
         assert read_all(early).startswith(b"HTTP/1.1 200"), "a session it has is served at the limit"
     assert uwsgi_request(address, request_vars(host="after"), timeout=10).status == 200
     assert router.alive() and psutil.pid_exists(worker.pid)
+
+
+@pytest.mark.parametrize("announced", ["own", "wildcard"])
+def test_a_node_that_is_the_router_itself_is_refused_not_looped(procs: ProcessManager, announced: str) -> None:
+    """Announcing the router's own address (or ':PORT', which reaches it too) must not make it connect to
+    itself request after request until its descriptors run out."""
+    port, sub_port, stats_port = free_port(), free_port(), free_port()
+    address = (LOOPBACK, port)
+    router = procs.router("--fastrouter", f":{port}", "--fastrouter-subscription-server", f"{LOOPBACK}:{sub_port}",
+                          "--fastrouter-stats", f"{LOOPBACK}:{stats_port}", wait_for=address)  # fmt: skip
+    node = f"{LOOPBACK}:{port}" if announced == "own" else f":{port}"
+    pairs = {"key": "loop.example", "address": node, "modifier1": "0", "modifier2": "0"}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(uwsgi_packet(pairs, modifier1=224), (LOOPBACK, sub_port))
+    wait_until(lambda: "new node" in router.log(), 5, what="the announce")
+    response = uwsgi_request(address, request_vars(host="loop.example"), timeout=5)
+    assert response.status == 502, response.raw[:200]
+    assert "is this router itself" in router.log()
+    wait_until(lambda: stats_sessions((LOOPBACK, stats_port)) <= 1, 5, what="no session left behind")

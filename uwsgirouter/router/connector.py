@@ -143,6 +143,10 @@ class Connector:
                 return
             self.tried.append(node)
             self.node = node
+            if node.sockaddr in self.worker.own_addresses and node is not self.worker.local_node:
+                self.worker.note("key %s: node %s is this router itself; skipped", printable(self.key), node.name)
+                self.worker.mapper.failed(node, self.worker.now)
+                continue
             try:
                 sock = socket.socket(node.family, _SOCK_FLAGS)
             except OSError as exc:

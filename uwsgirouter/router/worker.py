@@ -59,6 +59,26 @@ def fd_budget(baseline_fds: int) -> int:
     return max(2, soft - baseline_fds - SPARE_FDS)
 
 
+def own_addresses(listeners: Sequence[Listener]) -> frozenset[object]:
+    """The socket addresses that reach this router itself: a node announced with one of them would make
+    the router connect to itself, request after request, until its descriptors run out."""
+    found: set[object] = set()
+    for listener in listeners:
+        try:
+            address = listener.sock.getsockname()
+        except OSError:
+            continue
+        if isinstance(address, tuple):
+            host, port = address[0], address[1]
+            found.add((host, port))
+            if host in ("0.0.0.0", "127.0.0.1", "::", "::1"):
+                # a wildcard or loopback listener is reached through any of these
+                found.update((("0.0.0.0", port), ("127.0.0.1", port), ("::", port), ("::1", port)))
+        elif address:
+            found.add(address.encode() if isinstance(address, str) else address)
+    return frozenset(found)
+
+
 def client_limit(budget: int) -> int:
     """How many descriptors clients and backends may hold before the router stops accepting."""
     return max(1, budget - min(BACKEND_HEADROOM, budget // 4))
@@ -85,6 +105,7 @@ class RouterWorker:
         self.stats_replies: set[StatsReply] = set()
         self.beat = beat or (lambda: None)
         self.listeners = list(listeners)
+        self.own_addresses = own_addresses(self.listeners)
         self.mapper = mapper
         self.read_size = config.fastrouter_buffer_size
         self.high_water = config.fastrouter_buffer_size
