@@ -402,6 +402,14 @@ def test_file_substitution_of_a_path_with_a_nul_byte_is_an_error(tmp_path: Path)
         load(path)
 
 
+def test_file_substitution_error_stays_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by tools/fuzz ini: @(%p) inserts this file, newlines included, and the scan goes on inside it.
+    path = write(tmp_path / "at.ini", "[uwsgi]\nprocname = @(x\nprocname = @(%p)y)\n")
+    code, _, err = run(capsys, path)
+    assert (code, err.count("\n")) == (2, 1)
+    assert err.startswith("uwsgirouter: @('x\\nprocname")
+
+
 def test_option_substitution_uses_the_first_value(tmp_path: Path) -> None:
     path = write(
         tmp_path / "opt.ini",

@@ -196,7 +196,9 @@ def _read_at_file(path: str) -> str:
             content = handle.read()
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         reason = getattr(exc, "strerror", None) or exc
-        raise ConfigError(f"@({path}): {reason}") from None
+        # The path may hold a newline (file content substituted before it): keep the message on one line.
+        shown = path if path.isprintable() else repr(path)
+        raise ConfigError(f"@({shown}): {reason}") from None
     return content[:-1] if content.endswith("\n") else content
 
 
