@@ -314,6 +314,7 @@ def _ini_seeds() -> dict[str, bytes]:
             "procname = %(processes + 2)",
         ],
         "math": ["a = 7", "b = %(a * 3)", "c = %(b / a)", "d = %(c ++)", "e = %(a - 9 --)", "procname = %(a b c)"],
+        "math_chain": ["a = 99999", "b = %(a * a)", "c = %(b * b)", "d = %(c - b)", "procname = %(d / a ++)"],
         "env_and_at": ["procname = $(FUZZ)-$(MISSING)", "fastrouter-use-base = @(%p)"],
         "sections": ["ini = %p:other", "set = x=1", "[uwsgi]", "master = true", "[other]", "processes = 1"],
         "self_include": ["ini = %p"],
