@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from uwsgirouter.address import Address, UnixAddress
 from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, Arbiter, WorkerSpec
@@ -38,6 +39,9 @@ from uwsgirouter.subscription.mapper import SubscriptionMapper
 from uwsgirouter.subscription.server import IMAGE_BYTES_PER_KEY, IMAGE_BYTES_PER_NODE, SubscriptionServer, bind_datagram
 from uwsgirouter.subscription.table import NodeTable
 from uwsgirouter.uwsgi_module import install_cache
+
+if TYPE_CHECKING:
+    from uwsgirouter.subscription.signing import SubscriptionGuard
 
 log = logging.getLogger("uwsgirouter.master")
 
@@ -230,6 +234,7 @@ class Master:
             resubscribe=config.fastrouter_resubscribe,
             resubscribe_bind=config.fastrouter_resubscribe_bind,
             own_address=own,
+            guard=_subscription_guard(config, self.sockets.subscription),
         )
 
     def _make_subscriber(self, config: Config, apps: int) -> Subscriber | None:
@@ -422,6 +427,43 @@ class Master:
         """On an error exit, no worker may outlive the master."""
         for pid in list(self.arbiter.workers):
             self.arbiter.oscalls.kill(pid, signal.SIGKILL)
+
+
+def _subscription_guard(config: Config, sockets: Sequence[socket.socket]) -> SubscriptionGuard | None:
+    """Signature and credentials checks of the subscription server, when any is configured."""
+    if not (
+        config.subscriptions_sign_check
+        or config.subscriptions_credentials_check
+        or config.subscriptions_use_credentials
+    ):
+        return None
+    from uwsgirouter.subscription import signing  # cryptography is loaded only when signing is used
+
+    sign_check = None
+    if config.subscriptions_sign_check:
+        sign_check = signing.split_sign_spec(config.subscriptions_sign_check)
+        if not os.path.isdir(sign_check[1]):
+            log.warning(
+                "--subscriptions-sign-check: %s is not a directory (yet); every packet is refused", sign_check[1]
+            )
+    if config.subscriptions_use_credentials:
+        unix = [sock for sock in sockets if sock.family == socket.AF_UNIX]
+        for sock in unix:
+            signing.enable_credentials(sock)
+        if not unix:
+            log.warning("--subscriptions-use-credentials: no UNIX subscription server, so no credentials to read")
+    elif config.subscriptions_credentials_check or config.subscriptions_sign_skip_uid:
+        log.warning(
+            "--subscriptions-credentials-check and --subscriptions-sign-skip-uid need --subscriptions-use-credentials"
+        )
+    return signing.SubscriptionGuard(
+        sign_check=sign_check,
+        tolerance=config.subscriptions_sign_check_tolerance,
+        skip_uids=config.subscriptions_sign_skip_uid,
+        credentials_dirs=config.subscriptions_credentials_check,
+        use_credentials=config.subscriptions_use_credentials,
+        max_counters=4 * config.subscription_max_nodes,
+    )
 
 
 def _title(config: Config, name: str, fixed: str | None) -> None:

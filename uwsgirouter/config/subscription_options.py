@@ -12,9 +12,23 @@ from uwsgirouter.config.converters import (
     PATH,
     POSITIVE,
     SECONDS,
+    Converter,
     choice,
+    integer,
 )
 from uwsgirouter.config.setting import Arg, Flag, Multi, Scalar
+
+
+def _sign_check(raw: str) -> str:
+    """Validate ``DIGEST:DIR`` now (an unknown digest is a start-up error); the master splits it again."""
+    from uwsgirouter.subscription.signing import split_sign_spec  # cryptography is loaded only when used
+
+    split_sign_spec(raw)
+    return raw
+
+
+SIGN_CHECK: Converter[str] = Converter("DIGEST:DIR, for example SHA1:/etc/uwsgi/keys", _sign_check, "DIGEST:DIR")
+UID = integer(0, 2**32 - 1, "UID")
 
 
 class SubscriptionServerOptions:
@@ -41,22 +55,27 @@ class SubscriptionServerOptions:
         POSITIVE, 1024, help="Capacity of the key table; new keys beyond it are refused and logged."
     )
     subscriptions_sign_check: Scalar[str | None] = Scalar(
-        NON_EMPTY,
+        SIGN_CHECK,
         None,
-        planned=True,
-        help="Accept only subscriptions signed with DIGEST, checked against DIR/<key>.pem (DIGEST:DIR).",
+        help="Accept only subscriptions signed with DIGEST (SHA1, SHA256, ...), checked against the public key "
+        "DIR/<key>.pem (key bytes outside A-Za-z0-9._- become _); re-read when the file changes.",
     )
     subscriptions_sign_check_tolerance = Scalar(
-        SECONDS, 60, planned=True, help="Seconds of clock skew allowed in signed subscriptions."
+        SECONDS,
+        60,
+        help="Seconds a signed subscription's clock may be off from ours (uWSGI: 86400); a counter per node "
+        "refuses replayed packets, unsubscribes included.",
     )
     subscriptions_sign_skip_uid = Multi(
-        NON_EMPTY, planned=True, help="Skip the signature check for this uid (UNIX sockets with credentials)."
+        UID, help="Skip the signature check for datagrams sent by this uid (needs --subscriptions-use-credentials)."
     )
     subscriptions_credentials_check = Multi(
-        PATH, planned=True, help="Directory of per-key files whose owner must match the sender's credentials."
+        PATH,
+        help="Accept a key only from senders owning the file DIR+key (uid and gid; plain concatenation, as uWSGI; "
+        "needs --subscriptions-use-credentials). Repeatable.",
     )
     subscriptions_use_credentials = Flag(
-        planned=True, help="Read SCM_CREDENTIALS (pid, uid, gid) on UNIX datagram subscription servers."
+        help="Read the sender's SCM_CREDENTIALS (pid, uid, gid) on UNIX datagram subscription servers.",
     )
 
 
@@ -66,12 +85,14 @@ class SubscriberOptions:
     subscribe_to = Multi(
         NON_EMPTY,
         aliases=["st", "subscribe"],
-        help="Announce this instance to a subscription server: [ADDR=]SERVER:KEY[,MODIFIER1[,SIGN]] or "
-        "[ADDR=]SERVER:@MAPFILE. Repeatable.",
+        help="Announce this instance to a subscription server: [ADDR=]SERVER:KEY[,MODIFIER1[,DIGEST:PRIVKEY]] or "
+        "[ADDR=]SERVER:@MAPFILE (never signed). DIGEST:PRIVKEY signs every packet (SHA1:/etc/uwsgi/key.pem). "
+        "Repeatable.",
     )
     subscribe2 = Multi(
         KEYVAL_LIST,
-        help="Announce with key=value syntax: server=,key=,addr=,socket=,weight=,modifier1=,modifier2=,check=.",
+        help="Announce with key=value syntax: server=,key=,addr=,socket=,weight=,modifier1=,modifier2=,check=,"
+        "sign=DIGEST:PRIVKEY.",
     )
     subscribe_freq = Scalar(POSITIVE, 10, help="Seconds between two announces.")
     subscription_notify_socket: Scalar[Address | None] = Scalar(

@@ -1,10 +1,11 @@
 """The instance side: announce this instance's sockets to subscription servers (``--subscribe-to``).
 
-Grammar (uWSGI 2.0, reference 2.4): ``[ADDR=]SERVER:KEY[,MODIFIER1[,SIGN]]`` or ``[ADDR=]SERVER:@MAPFILE``,
+Grammar (uWSGI 2.0, reference 2.4): ``[ADDR=]SERVER:KEY[,MODIFIER1[,DIGEST:PRIVKEY]]`` or ``[ADDR=]SERVER:@MAPFILE``,
 where ``=N=`` as ADDR names shared socket N. A SERVER starting with ``/`` is a UNIX datagram path and
 the key follows the next ``:``; otherwise SERVER is ``host:port`` and the key follows the second ``:``
-(so keys may contain colons). ``--subscribe2`` takes ``server=,key=,addr=,socket=,weight=,...``.
-Announces go out at start, one second later, then every ``--subscribe-freq`` seconds.
+(so keys may contain colons). ``--subscribe2`` takes ``server=,key=,addr=,socket=,weight=,sign=,...``.
+Announces go out at start, one second later, then every ``--subscribe-freq`` seconds. A target with
+``DIGEST:PRIVKEY`` sends signed packets (see ``signing``); mapping-file lines are never signed, as in uWSGI.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from uwsgirouter.errors import ConfigError
 from uwsgirouter.protocol import Command, Subscription, encode_subscription
 
 log = logging.getLogger("uwsgirouter.subscription")
@@ -31,6 +34,7 @@ class Target:
     modifier2: int = 0
     weight: int | None = None
     check_file: str | None = None
+    sign: str | None = None  #: ``DIGEST:PRIVKEY``
 
 
 def _split_server(text: str) -> tuple[str, str] | None:
@@ -59,14 +63,16 @@ def parse_subscribe_to(spec: str, default_address: str | None, shared_names: Seq
         return []
     server, rest = split
     if rest.startswith("@"):
-        return [_target(server, line, address) for line in _mapping_file(rest[1:])]
+        return [_target(server, line, address, signed=False) for line in _mapping_file(rest[1:])]
     return [_target(server, rest, address)]
 
 
-def _target(server: str, key_spec: str, address: str) -> Target:
+def _target(server: str, key_spec: str, address: str, signed: bool = True) -> Target:
     key, _, rest = key_spec.partition(",")
-    modifier = rest.partition(",")[0]
-    return Target(server, key, address, int(modifier) if modifier.isdigit() else 0)
+    modifier, _, sign = rest.partition(",")
+    return Target(
+        server, key, address, int(modifier) if modifier.isdigit() else 0, sign=sign if signed and sign else None
+    )
 
 
 def _mapping_file(path: str) -> list[str]:
@@ -94,7 +100,69 @@ def parse_subscribe2(items: dict[str, str], socket_names: Sequence[str], default
         return int(items[name]) if items.get(name, "").isdigit() else 0
 
     weight = int(items["weight"]) if items.get("weight", "").isdigit() else None
-    return [Target(server, key, address, number("modifier1"), number("modifier2"), weight, items.get("check") or None)]
+    return [
+        Target(
+            server,
+            key,
+            address,
+            number("modifier1"),
+            number("modifier2"),
+            weight,
+            items.get("check") or None,
+            items.get("sign") or None,
+        )
+    ]
+
+
+class Signer:
+    """Signs one target's packets as a uWSGI node does: a ``unix`` var, then ``sign`` over the vars.
+
+    The private key is read at start (a bad one stops the instance with a clear error, where uWSGI
+    would silently send unsigned packets) and again whenever its file changes. ``unix`` is the clock
+    (plus 1 for an unsubscribe, as uWSGI) but never repeats, so a router that refuses replays (ours)
+    never mistakes two announces in one second for one.
+    """
+
+    def __init__(self, spec: str) -> None:
+        from uwsgirouter.subscription import signing  # cryptography is loaded only by signing instances
+
+        self._signing = signing
+        try:
+            self.digest, self.path = signing.split_sign_spec(spec)
+            self.key = signing.load_private_key(self.path)
+        except ValueError as exc:
+            raise ConfigError(f"cannot sign subscriptions with {spec!r}: {exc}") from None
+        self.identity = _file_identity(self.path)
+        self.last_unix = 0
+
+    def sign(self, sub: Subscription, wall: float) -> bytes:
+        """The datagram of ``sub``, signed; ``wall`` is the Unix time."""
+        self._reload()
+        unix = max(int(wall) + (1 if sub.command == Command.UNSUBSCRIBE else 0), self.last_unix + 1)
+        self.last_unix = unix
+        unsigned = replace(sub, unix=unix, sign=None)
+        signature = self._signing.sign(self.key, encode_subscription(unsigned)[4:], self.digest)
+        return encode_subscription(replace(unsigned, sign=signature))
+
+    def _reload(self) -> None:
+        identity = _file_identity(self.path)
+        if identity == self.identity:
+            return
+        self.identity = identity
+        try:
+            self.key = self._signing.load_private_key(self.path)
+        except ValueError as exc:
+            log.warning("%s; still signing with the key read before", exc)
+            return
+        log.info("private key %s changed on disk; signing with the new key", self.path)
+
+
+def _file_identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_mtime_ns, status.st_size, status.st_ino)
 
 
 class Subscriber:
@@ -112,6 +180,7 @@ class Subscriber:
         notify: str | None = None,
     ) -> None:
         self.targets = list(targets)
+        self.signers = {t: Signer(t.sign) for t in self.targets if t.sign}
         self.frequency = frequency
         self.cores = cores
         self.weight = weight
@@ -125,20 +194,22 @@ class Subscriber:
         self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._unix.setblocking(False)
 
-    def packet(self, target: Target, command: Command) -> bytes:
-        return encode_subscription(
-            Subscription(
-                key=target.key.encode(),
-                address=target.address.encode(),
-                command=command,
-                modifier1=self.force_modifier1 if self.force_modifier1 is not None else target.modifier1,
-                modifier2=target.modifier2,
-                cores=self.cores,
-                load=0,
-                weight=target.weight if target.weight is not None else self.weight,
-                notify=self.notify,
-            )
+    def packet(self, target: Target, command: Command, wall: float | None = None) -> bytes:
+        sub = Subscription(
+            key=target.key.encode(),
+            address=target.address.encode(),
+            command=command,
+            modifier1=self.force_modifier1 if self.force_modifier1 is not None else target.modifier1,
+            modifier2=target.modifier2,
+            cores=self.cores,
+            load=0,
+            weight=target.weight if target.weight is not None else self.weight,
+            notify=self.notify,
         )
+        signer = self.signers.get(target)
+        if signer is None:
+            return encode_subscription(sub)
+        return signer.sign(sub, time.time() if wall is None else wall)
 
     def send_all(self, command: Command) -> None:
         for target in self.targets:

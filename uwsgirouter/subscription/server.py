@@ -13,12 +13,16 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from uwsgirouter.address import Address, TcpAddress, UnixAddress
 from uwsgirouter.protocol import RemoteProtocolError, Subscription, decode_subscription, encode_subscription
 from uwsgirouter.router.responses import printable
 from uwsgirouter.subscription.image import TableImage
 from uwsgirouter.subscription.table import Change, NodeTable
+
+if TYPE_CHECKING:
+    from uwsgirouter.subscription.signing import Credentials, SubscriptionGuard
 
 log = logging.getLogger("uwsgirouter.subscription")
 
@@ -66,6 +70,7 @@ class SubscriptionServer:
         resubscribe: Sequence[Address] = (),
         resubscribe_bind: Address | None = None,
         own_address: bytes = b"",
+        guard: SubscriptionGuard | None = None,
     ) -> None:
         self.sockets = list(sockets)
         self.table = table
@@ -73,6 +78,7 @@ class SubscriptionServer:
         self.reports = reports
         self.resubscribe = [_sockaddr(a) for a in resubscribe]
         self.own_address = own_address
+        self.guard = guard  # signatures and credentials (--subscriptions-sign-check ...), checked first
         self.rejected = 0
         self.rejected_logged_at = 0.0
         self.rejected_pending = 0
@@ -91,6 +97,9 @@ class SubscriptionServer:
         return fds + ([self.reports.fileno()] if self.reports is not None else [])
 
     def on_readable(self, sock: socket.socket, now: float) -> None:
+        if self.guard is not None and self.guard.reads_credentials(sock):
+            self._on_readable_with_credentials(sock, now)
+            return
         for _ in range(BATCH):
             try:
                 datagram = sock.recv(MAX_DATAGRAM)
@@ -102,12 +111,33 @@ class SubscriptionServer:
             self.handle_datagram(datagram, now, time.time())
         self.publish()
 
-    def handle_datagram(self, datagram: bytes, now: float, wall: float) -> Change | None:
+    def _on_readable_with_credentials(self, sock: socket.socket, now: float) -> None:
+        """``on_readable`` for a UNIX socket whose senders' credentials the guard checks."""
+        assert self.guard is not None
+        for _ in range(BATCH):
+            try:
+                datagram, credentials = self.guard.receive(sock, MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("subscription socket error: %s", exc)
+                break
+            self.handle_datagram(datagram, now, time.time(), credentials=credentials)
+        self.publish()
+
+    def handle_datagram(
+        self, datagram: bytes, now: float, wall: float, credentials: Credentials | None = None
+    ) -> Change | None:
         try:
             sub = decode_subscription(datagram)
         except RemoteProtocolError as exc:
             self._rejected(str(exc), now)
             return None
+        if self.guard is not None:
+            refused = self.guard.check(sub, now, wall, credentials)
+            if refused:
+                self._rejected(refused, now)
+                return None
         change = self.table.apply(sub, now, wall)
         key, address = printable(sub.key), printable(sub.address)
         if change is Change.ADDED:
@@ -186,6 +216,8 @@ class SubscriptionServer:
 
     def tick(self, now: float) -> None:
         self._report_rejected(now)
+        if self.guard is not None:
+            self.guard.tick(time.time())
         for node in self.table.expire(now):
             log.warning(
                 "%s => removing %s (no announce received in %.0f seconds)",
