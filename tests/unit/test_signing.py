@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from uwsgirouter.address import TcpAddress
 from uwsgirouter.errors import ConfigError
 from uwsgirouter.protocol import Command, Subscription, decode_subscription, encode_subscription
 from uwsgirouter.subscription.client import Signer, Subscriber, Target, parse_subscribe2, parse_subscribe_to
@@ -412,3 +413,24 @@ def test_the_server_reads_credentials_on_unix_sockets(tmp_path: Path) -> None:
         server.on_readable(sock, 1.0)
         assert list(server.table.keys) == [KEY]
         assert server.rejected == 1
+
+
+def test_refused_packets_are_not_forwarded_to_other_routers(
+    guard: SubscriptionGuard, private_key: rsa.RSAPrivateKey
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(5)
+        resubscribe = [TcpAddress("127.0.0.1", peer.getsockname()[1])]
+        server = SubscriptionServer(
+            [], NodeTable(), TableImage(1 << 16), resubscribe=resubscribe, own_address=b"127.0.0.1:3017", guard=guard
+        )
+        try:
+            server.handle_datagram(packet(None, None, address=b"10.6.6.6:1"), now=1.0, wall=T0)  # refused
+            server.handle_datagram(packet(private_key, T0), now=1.0, wall=T0)  # accepted, forwarded
+            assert decode_subscription(peer.recv(4096)).key == KEY
+            peer.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                peer.recv(4096)  # only the accepted packet went on
+        finally:
+            server.close()
