@@ -3,13 +3,13 @@
     tools/fuzz --list                      the targets
     tools/fuzz request --minutes 5         fuzz one target; new interesting inputs go to its corpus
     tools/fuzz ini --replay [FILE ...]     run files (default: the whole corpus) through the checker
-    tools/fuzz ini --add FILE ...          once fixed, move crashes into the corpus (CI replays them)
+    tools/fuzz ini --add FILE ...          once fixed, move crashes into the corpus (kept for good)
     tools/fuzz subscription --minimize     shrink the stored corpus to what adds line coverage
 
 The targets and their invariants live in ``tests/fuzz/targets.py`` so that CI replays the corpus through
 the same checkers. libFuzzer runs in a child process (it exits when done) on a scratch copy of the
 corpus; its own corpus grows by the hundred, so only inputs that add new line-to-line arcs (measured
-here, without hit counts) are kept, each shrunk first, and named by their SHA-1. A crash is written to
+here, without hit counts) are kept, fewest first, each shrunk, and named by their SHA-1. A crash is written to
 ``tests/fuzz/crashes/`` with a line that reproduces it.
 """
 
@@ -40,6 +40,8 @@ if str(REPO) not in sys.path:
 
 #: the stored corpus of a target should stay small enough to replay in CI in well under a second
 CORPUS_SOFT_LIMIT = 48
+#: fixed crashes keep this prefix in the corpus, so that --minimize never drops them
+CRASH_PREFIX = "crash-"
 #: how long the shrinking of one new input may take
 SHRINK_SECONDS = 10.0
 
@@ -120,25 +122,34 @@ def shrink(data: bytes, keeps: Callable[[bytes], bool], deadline: float) -> byte
 
 
 def curate(target: Target, candidates: Iterable[bytes], base: Iterable[bytes]) -> list[bytes]:
-    """Inputs among ``candidates`` that cover arcs ``base`` does not, smallest first, each shrunk."""
+    """Inputs among ``candidates`` that cover arcs ``base`` does not, each shrunk.
+
+    Greedy set cover: the input adding the most arcs first (the smaller one on a tie), which keeps the
+    stored corpus at a few dozen files where taking every input that adds anything would keep hundreds.
+    """
     files = _module_files(target.modules)
     covered: set[Arc] = set()
     for data in base:
         covered |= arcs_of(target.check, data, files) or frozenset()
-    kept: list[bytes] = []
-    for data in sorted(set(candidates), key=lambda d: (len(d), d)):
+    measured: dict[bytes, frozenset[Arc]] = {}
+    for data in set(candidates):
         arcs = arcs_of(target.check, data, files)
-        if arcs is None or arcs <= covered:
-            continue
-        new = arcs - covered
+        if arcs is not None and not arcs <= covered:
+            measured[data] = arcs
+    kept: list[bytes] = []
+    while measured:
+        best = max(measured, key=lambda d: (len(measured[d] - covered), -len(d), d))
+        new = measured.pop(best) - covered
+        if not new:
+            break
 
         def keeps(candidate: bytes, new: frozenset[Arc] = new) -> bool:
             found = arcs_of(target.check, candidate, files)
             return found is not None and new <= found
 
-        data = shrink(data, keeps, time.monotonic() + SHRINK_SECONDS)
-        covered |= arcs_of(target.check, data, files) or frozenset()
-        kept.append(data)
+        best = shrink(best, keeps, time.monotonic() + SHRINK_SECONDS)
+        covered |= arcs_of(target.check, best, files) or frozenset()
+        kept.append(best)
     return kept
 
 
@@ -146,11 +157,11 @@ def _name(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def _store(corpus: Path, inputs: Iterable[bytes]) -> int:
+def _store(corpus: Path, inputs: Iterable[bytes], prefix: str = "") -> int:
     corpus.mkdir(parents=True, exist_ok=True)
     count = 0
     for data in inputs:
-        path = corpus / _name(data)
+        path = corpus / (prefix + _name(data))
         if not path.exists():
             path.write_bytes(data)
             count += 1
@@ -257,7 +268,7 @@ def add(target: Target, paths: list[Path]) -> int:
     if replay(target, paths):
         print("add: fix the failures first; nothing was stored")
         return 1
-    added = _store(target.corpus, [p.read_bytes() for p in paths])
+    added = _store(target.corpus, [p.read_bytes() for p in paths], CRASH_PREFIX)
     for path in paths:
         if path.resolve().parent == CRASHES_ROOT:
             path.unlink()
@@ -266,16 +277,19 @@ def add(target: Target, paths: list[Path]) -> int:
 
 
 def minimize(target: Target) -> int:
-    """Rebuild the stored corpus (plus the seeds) as the smallest inputs that cover the same arcs."""
-    stored = target.corpus_files()
+    """Rebuild the stored corpus (plus the seeds) as few small inputs covering the same arcs; crashes stay."""
+    stored = [p for p in target.corpus_files() if not p.name.startswith(CRASH_PREFIX)]
+    crashes = [p.read_bytes() for p in target.corpus_files() if p.name.startswith(CRASH_PREFIX)]
     inputs = [p.read_bytes() for p in stored] + list(target.seeds().values())
-    kept = curate(target, inputs, [])
+    kept = curate(target, inputs, crashes)
     keep_names = {_name(data) for data in kept}
     for path in stored:
         if path.name not in keep_names:
             path.unlink()
     _store(target.corpus, kept)
-    print(f"minimize: {len(stored)} -> {len(target.corpus_files())} inputs in {_relative(target.corpus)}")
+    print(
+        f"minimize: {len(stored) + len(crashes)} -> {len(target.corpus_files())} inputs in {_relative(target.corpus)}"
+    )
     return 0
 
 

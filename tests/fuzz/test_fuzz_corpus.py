@@ -45,7 +45,7 @@ def test_corpus_is_small_and_named_by_content(target: Target) -> None:
     for path in files:
         data = path.read_bytes()
         assert len(data) <= target.max_len
-        assert path.name == hashlib.sha1(data).hexdigest()
+        assert path.name.removeprefix(tool.CRASH_PREFIX) == hashlib.sha1(data).hexdigest()
 
 
 @pytest.mark.parametrize("target", TARGETS.values(), ids=list(TARGETS))
@@ -94,7 +94,7 @@ def test_minimiser_keeps_one_input_per_new_behaviour() -> None:
     valid = next(p.read_bytes() for p in sorted(Path(__file__).parents[1].glob("protocol/data/valid/*minimal.bin")))
     kept = tool.curate(target, [valid, valid + b"", b"\x00" * 3, b"\x00" * 2], [])
     # The two short inputs take the same path: one is kept, shrunk to nothing; the valid one is kept too.
-    assert kept[0] == b"" and len(kept) == 2
+    assert b"" in kept and len(kept) == 2
 
 
 def test_shrink_deletes_what_is_not_needed() -> None:
