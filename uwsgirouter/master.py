@@ -361,7 +361,10 @@ class Master:
             arbiter.spawn_all()
             while not arbiter.finished:
                 busy = arbiter.reloading or arbiter.respawns or arbiter.stopping or self.deferred_stop
-                self._wait(0.1 if busy else 1.0)
+                publishing = self.server is not None and self.server.publish_pending
+                self._wait(0.05 if publishing else 0.1 if busy else 1.0)
+                if publishing and self.server is not None:
+                    self.server.publish()
                 signals, self.pending = self.pending, []
                 for signum in signals:
                     self._handle_signal(signum)

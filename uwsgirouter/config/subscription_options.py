@@ -49,10 +49,16 @@ class SubscriptionServerOptions:
         help="On a miss, retry with the key cut at the next dot (a.b.example.com -> .b.example.com -> ...).",
     )
     subscription_max_nodes = Scalar(
-        POSITIVE, 4096, help="Capacity of the node table; new nodes beyond it are refused and logged."
+        POSITIVE,
+        32768,
+        help="Capacity of the node table. When full, a new node takes the place of a key no request has used "
+        "yet (oldest first); it is refused only when every key is in use.",
     )
     subscription_max_keys = Scalar(
-        POSITIVE, 1024, help="Capacity of the key table; new keys beyond it are refused and logged."
+        POSITIVE,
+        16384,
+        help="Capacity of the key table. When full, a new key takes the place of a key no request has used yet; "
+        "a sender holding a quarter of the keys only gives up its own.",
     )
     subscriptions_sign_check: Scalar[str | None] = Scalar(
         SIGN_CHECK,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from uwsgirouter.address import Address, TcpAddress, UnixAddress
 from uwsgirouter.protocol import RemoteProtocolError, Subscription, decode_subscription, encode_subscription
+from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.responses import printable
 from uwsgirouter.subscription.image import TableImage
 from uwsgirouter.subscription.table import Change, NodeTable
@@ -36,6 +37,8 @@ IMAGE_BYTES_PER_KEY = 300
 #: A datagram carrying this var was forwarded by another router (--fastrouter-resubscribe): it is
 #: never forwarded again, so two routers resubscribing to each other cannot loop (uWSGI issue #871).
 RESUBSCRIBED_VAR = b"resubscribed"
+#: Longest wait between a table change and its publication (see ``SubscriptionServer.publish``).
+PUBLISH_BACKOFF_MAX_S = 0.5
 RESUBSCRIBED_RECORD = len(RESUBSCRIBED_VAR).to_bytes(2, "little") + RESUBSCRIBED_VAR + b"\x01\x001"
 
 
@@ -84,6 +87,10 @@ class SubscriptionServer:
         self.rejected_pending = 0
         self.last_reason = ""
         self.published_version: tuple[int, int] = (-1, -1)
+        self.publish_pending = False  # a change waits for next_publish_at (the master's loop retries it)
+        self.next_publish_at = 0.0
+        #: node events (new, back, gone, failed) and delivery problems: a flood of them is summarised
+        self.events = LogLimiter(log)
         self._forwarder: socket.socket | None = None
         if self.resubscribe:
             self._forwarder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -102,13 +109,13 @@ class SubscriptionServer:
             return
         for _ in range(BATCH):
             try:
-                datagram = sock.recv(MAX_DATAGRAM)
+                datagram, source = sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.warning("subscription socket error: %s", exc)
+                self.events.warning("subscription socket error: %s", exc)
                 break
-            self.handle_datagram(datagram, now, time.time())
+            self.handle_datagram(datagram, now, time.time(), _sender(source))
         self.publish()
 
     def _on_readable_with_credentials(self, sock: socket.socket, now: float) -> None:
@@ -126,8 +133,9 @@ class SubscriptionServer:
         self.publish()
 
     def handle_datagram(
-        self, datagram: bytes, now: float, wall: float, credentials: Credentials | None = None
+        self, datagram: bytes, now: float, wall: float, sender: bytes = b"", credentials: Credentials | None = None
     ) -> Change | None:
+        """Decode and apply one datagram from ``sender`` (its source host, the unit of a table share)."""
         try:
             sub = decode_subscription(datagram)
         except RemoteProtocolError as exc:
@@ -138,16 +146,21 @@ class SubscriptionServer:
             if refused:
                 self._rejected(refused, now)
                 return None
-        change = self.table.apply(sub, now, wall)
+        displaced = self.table.displaced
+        change = self.table.apply(sub, now, wall, sender)
         key, address = printable(sub.key), printable(sub.address)
         if change is Change.ADDED:
-            log.info("%s => new node: %s", key, address)
+            self.events.info("%s => new node: %s", key, address)
+            if self.table.displaced != displaced:
+                self.events.warning(
+                    "subscription table full: %d unused key(s) given up for %s", self.table.displaced - displaced, key
+                )
             if sub.notify:
                 self._notify(sub)
         elif change is Change.REVIVED:
-            log.info("%s => node %s is back", key, address)
+            self.events.info("%s => node %s is back", key, address)
         elif change is Change.REMOVED:
-            log.info("%s => node %s unsubscribed", key, address)
+            self.events.info("%s => node %s unsubscribed", key, address)
         elif change is Change.FULL:
             self._rejected(f"table full, refusing {key} => {address}", now)
         if self._forwarder is not None and RESUBSCRIBED_RECORD not in datagram:
@@ -181,7 +194,7 @@ class SubscriptionServer:
                     out.setblocking(False)
                     out.sendto(message, target)
         except (OSError, ValueError) as exc:
-            log.info("cannot send the subscription ack to %s: %s", printable(sub.notify), exc)
+            self.events.info("cannot send the subscription ack to %s: %s", printable(sub.notify), exc)
 
     def _forward(self, sub: Subscription) -> None:
         assert self._forwarder is not None
@@ -199,27 +212,32 @@ class SubscriptionServer:
             try:
                 self._forwarder.sendto(bytes(packet), target)
             except OSError as exc:
-                log.info("cannot forward a subscription to %s: %s", target, exc)
+                self.events.info("cannot forward a subscription to %s: %s", target, exc)
 
     def on_reports(self) -> None:
-        """Router workers could not connect to these nodes: dead for all until they announce again."""
+        """Reports from the router workers: ``KEY\0ADDRESS``, the node could not be connected (dead for all
+        until it announces again); ``\0KEY``, a request was routed by KEY (it is in use: never displaced)."""
         assert self.reports is not None
         for _ in range(BATCH):
             try:
                 report = self.reports.recv(1024)
             except (BlockingIOError, InterruptedError):
                 break
+            if report.startswith(b"\0"):
+                self.table.mark_used(report[1:])
+                continue
             key, _, address = report.partition(b"\0")
             if self.table.mark_failed(key, address):
-                log.warning("%s => marking %s as failed", printable(key), printable(address))
+                self.events.warning("%s => marking %s as failed", printable(key), printable(address))
         self.publish()
 
     def tick(self, now: float) -> None:
         self._report_rejected(now)
         if self.guard is not None:
             self.guard.tick(time.time())
+        self.events.flush(now)
         for node in self.table.expire(now):
-            log.warning(
+            self.events.warning(
                 "%s => removing %s (no announce received in %.0f seconds)",
                 printable(node.key),
                 printable(node.address),
@@ -228,15 +246,30 @@ class SubscriptionServer:
         self.publish(counters_too=True)
 
     def publish(self, counters_too: bool = False) -> None:
-        """Publish a changed table at once; changed counters only when asked (once a second, in tick),
-        so a flood of rejected packets does not make the master rewrite the image all the time."""
+        """Publish a changed table, at once unless publishing takes a noticeable share of the time; changed
+        counters only when asked (once a second, in tick), so a flood of rejected packets does not make the
+        master rewrite the image all the time.
+
+        Publishing a large table costs the master its encoding and every router a decode, so after each
+        publish the next waits for four times what this one took (nothing, for tables of ordinary size):
+        a flood of announces to a full table cannot keep the processes busy republishing it.
+        """
         table_version, rejected = self.published_version
         if self.table.version == table_version and (not counters_too or self.rejected == rejected):
+            self.publish_pending = False
             return
-        if not self.image.publish((self.table.snapshot(), {"rejected": self.rejected})):
+        started = time.monotonic()
+        if started < self.next_publish_at:
+            self.publish_pending = True
+            return
+        counters = {"rejected": self.rejected, "displaced": self.table.displaced}
+        self.publish_pending = False
+        if not self.image.publish((self.table.snapshot(), counters)):
             log.error("the node table no longer fits its shared memory; routers keep the previous one")
             return
         self.published_version = (self.table.version, self.rejected)
+        finished = time.monotonic()
+        self.next_publish_at = finished + min(PUBLISH_BACKOFF_MAX_S, 4 * (finished - started))
 
     def close(self) -> None:
         self._report_rejected(float("inf"))
@@ -244,6 +277,13 @@ class SubscriptionServer:
             sock.close()
         if self._forwarder is not None:
             self._forwarder.close()
+
+
+def _sender(source: object) -> bytes:
+    """The host part of a datagram's source address (UDP); b"" for UNIX datagram sockets."""
+    if isinstance(source, tuple) and source:
+        return str(source[0]).encode()
+    return b""
 
 
 def _sockaddr(address: Address) -> tuple[str, int] | str:
