@@ -450,6 +450,24 @@ def test_option_substitution_math(tmp_path: Path, expression: str, expected: str
     assert load(path).procname == expected
 
 
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("9223372036854775807 + 1", "-9223372036854775808"),  # int64 wraps, as in uWSGI
+        ("99999999999999999999 + 0", "9223372036854775807"),  # strtoll saturates
+        ("-99999999999999999999 - 0", "-9223372036854775808"),
+        ("9007199254740993 / 1", "9007199254740993"),  # exact, no float on the way
+        ("-7 / 2", "-3"),  # C division: toward zero
+        ("big / 3", "3074457345618258602"),  # was OverflowError: too large for a float
+        ("big * big", "1"),  # was ValueError: int too long for str(); 0x7fff...f ** 2 wraps to 1
+    ],
+)
+def test_option_substitution_math_is_int64(tmp_path: Path, expression: str, expected: str) -> None:
+    # Found while seeding tools/fuzz ini: huge operands escaped as Python exceptions instead of values.
+    path = write(tmp_path / "math.ini", f"[uwsgi]\nbig = {'9' * 2200}\nprocname = %({expression})\n")
+    assert load(path).procname == expected
+
+
 def test_math_result_is_an_option_value(tmp_path: Path) -> None:
     path = write(tmp_path / "math.ini", "[uwsgi]\nprocesses = 4\nfastrouter-processes = %(processes + 2)\n")
     assert load(path).fastrouter_processes == 6

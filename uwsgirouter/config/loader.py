@@ -213,7 +213,11 @@ def _placeholder(entries: Sequence[Entry]) -> Callable[[str], str | None]:
 
 
 def _placeholder_math(expression: str, first: Callable[[str], str | None]) -> str:
-    """uWSGI's ``%(processes + 2)``: tokens concatenate, ``+ - * /`` apply to integers, ``++``/``--`` step."""
+    """uWSGI's ``%(processes + 2)``: tokens concatenate, ``+ - * /`` apply to integers, ``++``/``--`` step.
+
+    The integers are uWSGI's int64 (strtoll, then C arithmetic): a result wraps instead of growing
+    without bound, so a chain of products cannot reach Python's int/str limits or float overflow.
+    """
     current: str | None = None
     operator = ""
     for token in expression.split():
@@ -222,7 +226,7 @@ def _placeholder_math(expression: str, first: Callable[[str], str | None]) -> st
             continue
         if token in ("++", "--"):
             if current is not None:
-                current = str(_to_int(current) + (1 if token == "++" else -1))
+                current = str(_wrap64(_to_int(current) + (1 if token == "++" else -1)))
             operator = ""
             continue
         value = token if token.lstrip("-").isdigit() else (first(token) or "")
@@ -231,25 +235,40 @@ def _placeholder_math(expression: str, first: Callable[[str], str | None]) -> st
             continue
         left, right = _to_int(current or "0"), _to_int(value)
         if operator == "+":
-            current = str(left + right)
+            result = left + right
         elif operator == "-":
-            current = str(left - right)
+            result = left - right
         elif operator == "*":
-            current = str(left * right)
+            result = left * right
+        elif right:
+            result = abs(left) // abs(right) * (1 if (left < 0) == (right < 0) else -1)  # C: toward zero
         else:
-            current = str(int(left / right) if right else 0)
+            result = 0
+        current = str(_wrap64(result))
         operator = ""
     return current or ""
 
 
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def _wrap64(value: int) -> int:
+    """Two's complement int64, as uWSGI's arithmetic overflows on the machines it runs on."""
+    return (value - _INT64_MIN) % 2**64 + _INT64_MIN
+
+
 def _to_int(text: str) -> int:
-    """strtoll: the leading integer of ``text``, 0 when there is none."""
+    """strtoll: the leading integer of ``text``, 0 when there is none, saturated to the int64 range."""
     text = text.strip()
     end = 1 if text[:1] in "+-" else 0
     while end < len(text) and text[end].isdigit():
         end += 1
+    number = text[:end]
+    if len(number.lstrip("+-0")) > 19:  # past int64 whatever the digits; also keeps int() off huge strings
+        return _INT64_MIN if number.startswith("-") else _INT64_MAX
     try:
-        return int(text[:end])
+        return max(_INT64_MIN, min(_INT64_MAX, int(number)))
     except ValueError:
         return 0
 
