@@ -315,6 +315,7 @@ def _ini_seeds() -> dict[str, bytes]:
         ],
         "math": ["a = 7", "b = %(a * 3)", "c = %(b / a)", "d = %(c ++)", "e = %(a - 9 --)", "procname = %(a b c)"],
         "math_chain": ["a = 99999", "b = %(a * a)", "c = %(b * b)", "d = %(c - b)", "procname = %(d / a ++)"],
+        "math_big": ["a = " + "9" * 80, "b = %(a * a)", "c = %(b * b)", "procname = %(c * c - 1)"],
         "env_and_at": ["procname = $(FUZZ)-$(MISSING)", "fastrouter-use-base = @(%p)"],
         "sections": ["ini = %p:other", "set = x=1", "[uwsgi]", "master = true", "[other]", "processes = 1"],
         "self_include": ["ini = %p"],
