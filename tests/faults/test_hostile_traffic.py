@@ -305,3 +305,30 @@ def test_a_node_that_is_the_router_itself_is_refused_not_looped(procs: ProcessMa
     assert response.status == 502, response.raw[:200]
     assert "is this router itself" in router.log()
     wait_until(lambda: stats_sessions((LOOPBACK, stats_port)) <= 1, 5, what="no session left behind")
+
+
+def test_requests_that_find_no_descriptor_for_their_node_wait_for_one(procs: ProcessManager) -> None:
+    """Idle clients may fill the descriptors a router has; when they all send their requests at once, the
+    ones that find no descriptor for a node connection wait for one instead of failing."""
+    backend_port, port = free_port(), free_port()
+    backend = f"{LOOPBACK}:{backend_port}"
+    procs.uwsgi_backend(backend, "slow", "--threads", "40", wait_for=(LOOPBACK, backend_port))
+    address = (LOOPBACK, port)
+    CLIENT_PORT[0] = port
+    router: Proc = procs.start(
+        ["bash", "-c", 'ulimit -n 64 && exec "$@"', "bash", *ROUTER, "--fastrouter", f"{LOOPBACK}:{port}",
+         "--fastrouter-to", backend],
+        "uwsgirouter",
+    )  # fmt: skip
+    wait_until(lambda: can_connect(address) or not router.alive(), 15, what="the router")
+    packet = uwsgi_packet(request_vars(host="many", path="/sleep/0.3"))
+    with clients(30, first_byte=True) as held:
+        wait_until(lambda: "descriptor limit reached" in router.log(), 10, what="every descriptor in use")
+        for sock in held:
+            sock.sendall(packet[1:])
+        answers = []
+        for sock in held:
+            sock.settimeout(20)
+            answers.append(read_all(sock)[:12])
+    assert answers == [b"HTTP/1.1 200"] * len(held), answers
+    assert "wait for a descriptor" in router.log(), "the descriptor wait was exercised"

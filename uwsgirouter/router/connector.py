@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uwsgirouter.router")
 
-HEAD, BUFFERING, CONNECTING, RELAY, CLOSING, DONE = range(6)
+#: WAITING: routed, waiting for a free descriptor to connect to its node (client bytes are held meanwhile)
+HEAD, BUFFERING, CONNECTING, RELAY, CLOSING, DONE, WAITING = range(7)
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -92,6 +93,9 @@ class Connector:
     def _shutdown_backend(self) -> None:
         raise NotImplementedError
 
+    def _update_masks(self) -> None:
+        raise NotImplementedError
+
     def _route(self) -> None:
         worker = self.worker
         assert self.head is not None
@@ -150,6 +154,14 @@ class Connector:
             try:
                 sock = socket.socket(node.family, _SOCK_FLAGS)
             except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    # Out of descriptors: wait for one (sessions end all the time) instead of failing.
+                    self.tried.pop()
+                    self.node = None
+                    self.worker.mapper.done(node)
+                    self.state = WAITING
+                    self.worker.wait_for_descriptor(self)  # type: ignore[arg-type]
+                    return
                 self.worker.notes.error(
                     "key %s: cannot create a socket for node %s: %s", printable(self.key), node.name, exc
                 )
@@ -178,6 +190,12 @@ class Connector:
                     return
             sock.close()
             self._connect_failed(node, err)
+
+    def resume_connect(self) -> None:
+        """A descriptor is free again: go on where ``_connect_next`` had to wait."""
+        self._connect_next()
+        if self.state != DONE:
+            self._update_masks()
 
     def _attach_backend(self, sock: socket.socket, mask: int) -> None:
         self.backend = sock

@@ -23,7 +23,7 @@ from uwsgirouter.protocol import (
     RequestReader,
     content_length,
 )
-from uwsgirouter.router.connector import BUFFERING, CLOSING, CONNECTING, DONE, HEAD, RELAY, Connector
+from uwsgirouter.router.connector import BUFFERING, CLOSING, CONNECTING, DONE, HEAD, RELAY, WAITING, Connector
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.postbuffer import BodyBuffer
 from uwsgirouter.router.responses import error_response, printable
@@ -370,7 +370,9 @@ class Session(Connector):
 
     def timed_out(self) -> None:
         """No activity for --fastrouter-timeout seconds (the worker's sweep calls this)."""
-        if self.state == HEAD:
+        if self.state == WAITING:
+            self._reply_error(503, "the router is out of resources")
+        elif self.state == HEAD:
             self._abort("")
         elif self.replied:
             self.worker.notes.warning(

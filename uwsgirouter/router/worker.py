@@ -16,10 +16,12 @@ import select
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from uwsgirouter.config import Config
 from uwsgirouter.ratelog import LogLimiter
+from uwsgirouter.router.connector import WAITING
 from uwsgirouter.router.mappers import Mapper, static_nodes
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.session import Session
@@ -133,6 +135,10 @@ class RouterWorker:
         self.max_sessions = config.fastrouter_events or (1 << 30)
         #: descriptors clients and backends may use before accepting pauses (set in run())
         self.fd_limit = 1 << 30
+        #: descriptors this process may use for clients and backends (set in run())
+        self.fd_budget = 1 << 30
+        #: sessions whose backend socket could not be created (EMFILE): resumed as descriptors free up
+        self.fd_waiters: deque[Session] = deque()
         #: backend connections open now (client connections are len(sessions))
         self.backends = 0
         #: per-request and per-client lines (no node, refused key, invalid request, broken node)
@@ -193,7 +199,7 @@ class RouterWorker:
                 "%d sessions (--fastrouter-events): not accepting until one ends", self.max_sessions
             )
             return False
-        if sessions + self.backends >= self.fd_limit:
+        if sessions + self.backends >= self.fd_limit or self.fd_waiters:
             self.limit_notes.warning(
                 "descriptor limit reached (%d sessions, %d backend connections): not accepting until one ends",
                 sessions,
@@ -235,6 +241,27 @@ class RouterWorker:
             # With deferred accept the request is usually already here: read it without a poll round.
             session.on_client(EPOLLIN)
 
+    def wait_for_descriptor(self, session: Session) -> None:
+        """``session`` found no free descriptor for its backend: it waits (accepting pauses meanwhile)
+        instead of failing, and is resumed by the loop once sessions end (``_resume_fd_waiters``)."""
+        self.fd_waiters.append(session)
+        self._pause_accepting()
+        self.notes.warning(
+            "descriptor limit reached (%d sessions, %d backend connections): %d request(s) wait for a descriptor",
+            len(self.sessions),
+            self.backends,
+            len(self.fd_waiters),
+        )
+
+    def _resume_fd_waiters(self) -> None:
+        waiters = self.fd_waiters
+        for _ in range(len(waiters)):
+            if len(self.sessions) + self.backends >= self.fd_budget:
+                return
+            session = waiters.popleft()
+            if session.state == WAITING:
+                session.resume_connect()
+
     def _live_nodes(self) -> int:
         return self.mapper.live_nodes() or 0
 
@@ -272,7 +299,7 @@ class RouterWorker:
         if self.accepting or self.is_cheap or self.door_closed_at or self.now < self.accept_paused_until:
             return
         sessions = len(self.sessions)
-        if sessions >= self.max_sessions or sessions + self.backends >= self.fd_limit:
+        if sessions >= self.max_sessions or sessions + self.backends >= self.fd_limit or self.fd_waiters:
             return
         for listener in self.listeners:
             self.ep.modify(listener.fileno(), EPOLLIN)
@@ -317,7 +344,8 @@ class RouterWorker:
         gc.freeze()
         self._install_signals()
         baseline = len(os.listdir("/proc/self/fd"))
-        self.fd_limit = client_limit(fd_budget(baseline))
+        self.fd_budget = fd_budget(baseline)
+        self.fd_limit = client_limit(self.fd_budget)
         self.handlers[self._wakeup_r] = self._drain_wakeup
         self.ep.register(self._wakeup_r, EPOLLIN)
         for listener in self.listeners:
@@ -349,6 +377,8 @@ class RouterWorker:
             if now >= next_sweep:
                 next_sweep = now + SWEEP_INTERVAL_S
                 self._sweep()
+            if self.fd_waiters:
+                self._resume_fd_waiters()
             if self.cheap_mode:
                 self._check_cheap()
             if not self.accepting:
