@@ -15,7 +15,7 @@ import pytest
 from uwsgirouter.address import TcpAddress, UnixAddress
 from uwsgirouter.cli import main
 from uwsgirouter.config import Config, load_config, load_entries
-from uwsgirouter.config.loader import MAX_INI_DEPTH, RESERVED_ENV
+from uwsgirouter.config.loader import MAX_INI_DEPTH, MAX_INI_LOADS, RESERVED_ENV
 from uwsgirouter.errors import ConfigError
 
 
@@ -410,6 +410,20 @@ def test_file_substitution_error_stays_on_one_line(tmp_path: Path, capsys: pytes
     assert err.startswith("uwsgirouter: @('x\\nprocname")
 
 
+def test_values_that_double_each_other_stop_with_an_error(tmp_path: Path) -> None:
+    # 30 doublings of 10 bytes: 10 GiB from a file of 600 bytes, before MAX_EXPANSION.
+    lines = ["[uwsgi]", "k0 = xxxxxxxxxx", *[f"k{i} = %(k{i - 1})%(k{i - 1})" for i in range(1, 31)]]
+    path = write(tmp_path / "double.ini", "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="too large"):
+        load(path)
+
+
+def test_substitutions_up_to_the_expansion_bound_work(tmp_path: Path) -> None:
+    lines = ["[uwsgi]", "k0 = xxxxxxxxxx", *[f"k{i} = %(k{i - 1})%(k{i - 1})" for i in range(1, 15)]]
+    path = write(tmp_path / "double.ini", "\n".join([*lines, "procname = %(k14)", ""]))
+    assert load(path).procname == "x" * 10 * 2**14
+
+
 def test_option_substitution_uses_the_first_value(tmp_path: Path) -> None:
     path = write(
         tmp_path / "opt.ini",
@@ -626,6 +640,28 @@ def test_two_files_including_each_other_is_an_error(tmp_path: Path, capsys: pyte
     assert code == 2
     assert "include each other" in err
     assert err.count("\n") == 1
+
+
+def test_includes_that_multiply_stop_with_an_error(tmp_path: Path) -> None:
+    # Three includes a level, 15 levels: 3**15 section loads (hours) from a file of 700 bytes.
+    levels = ["[uwsgi]", *["ini = %p:s1"] * 3]
+    for level in range(1, 15):
+        levels += [f"[s{level}]", *[f"ini = %p:s{level + 1}"] * 3]
+    path = write(tmp_path / "fan.ini", "\n".join([*levels, "[s15]", "processes = 1", ""]))
+    with pytest.raises(ConfigError, match=f"more than {MAX_INI_LOADS} INI files or sections"):
+        load(path)
+
+
+def test_a_section_included_many_times_counts_each_load(tmp_path: Path) -> None:
+    path = write(tmp_path / "site.ini", "[uwsgi]\nini = %p:a\nini = %p:a\n[a]\nsocket = /tmp/a.sock\n")
+    assert len(load(path).socket) == 2
+
+
+def test_unknown_key_in_a_section_read_many_times_warns_once(tmp_path: Path) -> None:
+    path = write(tmp_path / "site.ini", "[uwsgi]\nini = %p:a\nini = %p:a\n[a]\nfastroute = 1\n")
+    warnings: list[str] = []
+    load_entries([str(path)], {}, warn=warnings.append)
+    assert len(warnings) == 1 and "did you mean fastrouter" in warnings[0]
 
 
 def test_nested_missing_file_names_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

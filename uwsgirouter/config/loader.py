@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from uwsgirouter.config.ini import read_ini, split_ini_spec
-from uwsgirouter.config.model import REGISTRY, Config, Entry, first_value
+from uwsgirouter.config.model import REGISTRY, Config, Entry
 from uwsgirouter.config.setting import Arg
 from uwsgirouter.errors import ConfigError
 
@@ -30,7 +30,11 @@ RESERVED_ENV = frozenset(
     }
 )
 MAX_INI_DEPTH = 16
+#: INI files and sections read in all: a few includes per level would otherwise multiply up to the depth bound
+MAX_INI_LOADS = 256
 MAX_SUBSTITUTIONS = 256
+#: characters the substitutions may add to all values together: values that double each other stop here
+MAX_EXPANSION = 1 << 20
 OTHER_FORMATS = (".xml", ".yaml", ".yml", ".json", ".js")
 
 
@@ -118,6 +122,10 @@ class _Expander:
         self.previous_path: str | None = None
         self.first_table: dict[str, str] | None = None
         self.out: list[Entry] = []
+        self.loads = 0
+        # An included section can be read many times: suggest once per key, warn once per key and file.
+        self.hints: dict[str, str | None] = {}
+        self.warned: set[tuple[str, str]] = set()
 
     def add(self, entries: Sequence[Entry], depth: int = 0) -> None:
         for entry in entries:
@@ -133,6 +141,9 @@ class _Expander:
     def load_file(self, spec: str, depth: int) -> None:
         if depth >= MAX_INI_DEPTH:
             raise ConfigError(f"{spec}: INI files include each other more than {MAX_INI_DEPTH} levels deep")
+        self.loads += 1
+        if self.loads > MAX_INI_LOADS:
+            raise ConfigError(f"{spec}: more than {MAX_INI_LOADS} INI files or sections loaded (do includes multiply?)")
         source = split_ini_spec(spec, self.previous_path)
         pairs, table = read_ini(source, self.first_table)
         self.previous_path = source.path
@@ -142,8 +153,11 @@ class _Expander:
         entries = []
         for key, value in pairs:
             if REGISTRY.lookup(key) is None:
-                hint = REGISTRY.suggest(key, cutoff=0.88)
-                if hint:
+                if key not in self.hints:
+                    self.hints[key] = REGISTRY.suggest(key, cutoff=0.88)
+                hint = self.hints[key]
+                if hint and (key, source.path) not in self.warned:
+                    self.warned.add((key, source.path))
                     self.warn(f"unknown option {key!r} in {source.path} (did you mean {hint}?); kept as a placeholder")
             entries.append(Entry(key, value, origin))
         self.add(entries, depth + 1)
@@ -156,11 +170,11 @@ class _Expander:
         self.load_file(path, 0)
 
 
-def apply_pass(value: str, symbol: str, hook: Callable[[str], str | None]) -> str:
+def apply_pass(value: str, symbol: str, hook: Callable[[str], str | None], max_size: int = sys.maxsize) -> str:
     """Replace every ``<symbol>(name)`` by ``hook(name)``, leaving it as written when the hook gives None.
 
     Parentheses nest (``%(a (b))``). As in uWSGI the scan restarts after each replacement, so results
-    are substituted too; a bound stops a value that keeps expanding into itself.
+    are substituted too; bounds stop a value that keeps expanding into itself or past ``max_size``.
     """
     opener = symbol + "("
     start = 0
@@ -185,6 +199,8 @@ def apply_pass(value: str, symbol: str, hook: Callable[[str], str | None]) -> st
             start = pos + 1
             continue
         value = value[:begin] + replacement + value[pos + 1 :]
+        if len(value) > max_size:
+            raise ConfigError(f"substitutions make {value[:60]!r}... too large (do values double each other?)")
         start = 0
     raise ConfigError(f"too many substitutions in {value[:60]!r} (does a value refer to itself?)")
 
@@ -203,8 +219,25 @@ def _read_at_file(path: str) -> str:
 
 
 def _placeholder(entries: Sequence[Entry]) -> Callable[[str], str | None]:
+    """``%(name)``: the first value as ``model.first_value`` finds it, from an index built once.
+
+    Keys do not change while values are substituted, so the index stays right, and a configuration with
+    many entries and placeholders costs linear time instead of quadratic.
+    """
+    by_key: dict[str, int] = {}
+    by_setting: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        by_key.setdefault(entry.key, index)
+        setting = REGISTRY.lookup(entry.key)
+        if setting is not None:
+            by_setting.setdefault(setting.name, index)
+
     def first(name: str) -> str | None:
-        return first_value(entries, name)
+        index = by_key.get(name)
+        if index is None:
+            setting = REGISTRY.lookup(name)
+            index = None if setting is None else by_setting.get(setting.name)
+        return None if index is None else entries[index].value
 
     def hook(expression: str) -> str | None:
         return first(expression) if " " not in expression else _placeholder_math(expression, first)
@@ -281,10 +314,13 @@ def substitute(entries: Sequence[Entry], environ: Mapping[str, str]) -> list[Ent
         ("@", _read_at_file),
         ("%", _placeholder(result)),
     ]
+    budget = MAX_EXPANSION
     for symbol, hook in passes:
         for index, entry in enumerate(result):
             if entry.value is not None and symbol + "(" in entry.value:
-                result[index] = Entry(entry.key, apply_pass(entry.value, symbol, hook), entry.origin)
+                value = apply_pass(entry.value, symbol, hook, len(entry.value) + budget)
+                budget -= max(0, len(value) - len(entry.value))
+                result[index] = Entry(entry.key, value, entry.origin)
     return result
 
 
