@@ -357,3 +357,20 @@ def router_worker(proc: Proc, timeout: float = 10.0) -> psutil.Process:
 def log_lines(proc: Proc) -> list[str]:
     """The lines ``proc`` has written to its log so far."""
     return proc.log().splitlines()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of the process group ``pgid`` (every process a test starts has its own session)."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return members
+
+
+def start_router_with_nofile(procs: ProcessManager, nofile: int, *args: str) -> Proc:
+    """uwsgirouter started by a shell that lowers RLIMIT_NOFILE first, so master and workers inherit it."""
+    return procs.start(["bash", "-c", f'ulimit -n {nofile} && exec "$@"', "bash", *ROUTER, *args], "uwsgirouter")

@@ -19,8 +19,6 @@ import psutil
 import pytest
 
 from tests.support import (
-    ROUTER,
-    Proc,
     ProcessManager,
     can_connect,
     connect,
@@ -29,6 +27,7 @@ from tests.support import (
     read_all,
     request_vars,
     router_worker,
+    start_router_with_nofile,
     uwsgi_packet,
     uwsgi_request,
     wait_until,
@@ -261,11 +260,7 @@ def test_descriptor_exhaustion_keeps_serving_reports_once_a_second_and_never_spi
     port = free_port()
     address = (LOOPBACK, port)
     CLIENT_PORT[0] = port
-    router: Proc = procs.start(
-        ["bash", "-c", 'ulimit -n 64 && exec "$@"', "bash", *ROUTER, "--fastrouter", f"{LOOPBACK}:{port}",
-         "--fastrouter-to", backend],
-        "uwsgirouter",
-    )  # fmt: skip
+    router = start_router_with_nofile(procs, 64, "--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-to", backend)
     wait_until(lambda: can_connect(address) or not router.alive(), 15, what="the router")
     worker = router_worker(router)
     wait_until(lambda: worker.num_fds() >= 7, 5, what="the router worker's loop")
@@ -315,11 +310,7 @@ def test_requests_that_find_no_descriptor_for_their_node_wait_for_one(procs: Pro
     procs.uwsgi_backend(backend, "slow", "--threads", "40", wait_for=(LOOPBACK, backend_port))
     address = (LOOPBACK, port)
     CLIENT_PORT[0] = port
-    router: Proc = procs.start(
-        ["bash", "-c", 'ulimit -n 64 && exec "$@"', "bash", *ROUTER, "--fastrouter", f"{LOOPBACK}:{port}",
-         "--fastrouter-to", backend],
-        "uwsgirouter",
-    )  # fmt: skip
+    router = start_router_with_nofile(procs, 64, "--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-to", backend)
     wait_until(lambda: can_connect(address) or not router.alive(), 15, what="the router")
     packet = uwsgi_packet(request_vars(host="many", path="/sleep/0.3"))
     with clients(30, first_byte=True) as held:

@@ -30,6 +30,7 @@ from tests.support import (
     Proc,
     ProcessManager,
     free_port,
+    group_members,
     request_vars,
     uwsgi_request,
     wait_until,
@@ -156,18 +157,6 @@ def router_worker_pid(router: Proc) -> int:
         except psutil.NoSuchProcess:
             pass
     return 0
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of the process group (the router runs in its own session and group)."""
-    members = []
-    for process in psutil.process_iter():
-        try:
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
-                members.append(process.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return members
 
 
 def summary(load: Load, event: str, at: float) -> str:

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support import (
-    ROUTER,
-    Proc,
     ProcessManager,
     Response,
     can_connect,
@@ -30,6 +28,7 @@ from tests.support import (
     read_all,
     request_vars,
     router_worker,
+    start_router_with_nofile,
     uwsgi_packet,
     uwsgi_request,
     wait_until,
@@ -73,18 +72,12 @@ def run_concurrently(address: tuple[str, int], count: int, path: str, retry: boo
         return [future.result(timeout=120) for future in futures]
 
 
-def start_limited_router(procs: ProcessManager, nofile: int, *args: str) -> Proc:
-    """The router started by a shell that lowers RLIMIT_NOFILE first, so master and workers inherit it."""
-    proc = procs.start(["bash", "-c", f'ulimit -n {nofile} && exec "$@"', "bash", *ROUTER, *args], "uwsgirouter")
-    return proc
-
-
 def test_300_clients_under_ulimit_128(procs: ProcessManager) -> None:
     backend_port, port = free_port(), free_port()
     address = ("127.0.0.1", port)
     # 2 processes x 40 threads: the backend is never the bottleneck (the router holds at most ~50 sessions).
     procs.uwsgi_backend(f"127.0.0.1:{backend_port}", "backend", "--threads", "40", wait_for=("127.0.0.1", backend_port))
-    router = start_limited_router(
+    router = start_router_with_nofile(
         procs, 128, "--fastrouter", f"127.0.0.1:{port}", "--fastrouter-to", f"127.0.0.1:{backend_port}"
     )
     wait_until(lambda: can_connect(address) or not router.alive(), 15, what="the router")

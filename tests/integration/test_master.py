@@ -30,6 +30,7 @@ from tests.support import (
     Response,
     can_connect,
     free_port,
+    group_members,
     http_get,
     request_vars,
     short_unix_dir,
@@ -169,18 +170,6 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of the process group (each instance runs in its own session and group)."""
-    members = []
-    for process in psutil.process_iter():
-        try:
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
-                members.append(process.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return members
 
 
 def bound_port(proc: Proc) -> int:
