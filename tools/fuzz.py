@@ -8,9 +8,10 @@
 
 The targets and their invariants live in ``tests/fuzz/targets.py`` so that CI replays the corpus through
 the same checkers. libFuzzer runs in a child process (it exits when done) on a scratch copy of the
-corpus; its own corpus grows by the hundred, so only inputs that add new line-to-line arcs (measured
-here, without hit counts) are kept, fewest first, each shrunk, and named by their SHA-1. A crash is written to
-``tests/fuzz/crashes/`` with a line that reproduces it.
+corpus. Its own corpus grows by the hundred, so only inputs that add line-to-line arcs (measured here,
+without hit counts) are stored: a greedy set cover, each input shrunk, named by its SHA-1. A crash is
+written to ``tests/fuzz/crashes/`` with a line that reproduces it; once fixed, ``--add`` keeps it as
+``crash-<sha1>`` in the corpus, which ``--minimize`` never drops.
 """
 
 from __future__ import annotations
@@ -233,7 +234,8 @@ def fuzz(target: Target, minutes: float, work: Path | None) -> int:
     total = len(target.corpus_files())
     print(f"fuzz: {added} new input(s) in {_relative(target.corpus)} ({total} in all)")
     if total > CORPUS_SOFT_LIMIT:
-        print(f"fuzz: over {CORPUS_SOFT_LIMIT} stored inputs; try: tools/fuzz {target.name} --minimize")
+        print(f"fuzz: over {CORPUS_SOFT_LIMIT} stored inputs, minimizing")
+        minimize(target)
     for crash in found:
         print(f"fuzz: CRASH saved to {_relative(crash)}")
         print(f"fuzz: reproduce with: tools/fuzz {target.name} --replay {_relative(crash)}")
