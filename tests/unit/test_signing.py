@@ -434,3 +434,10 @@ def test_refused_packets_are_not_forwarded_to_other_routers(
                 peer.recv(4096)  # only the accepted packet went on
         finally:
             server.close()
+
+
+def test_a_sign_check_path_with_a_nul_byte_is_refused_at_start() -> None:
+    from uwsgirouter.subscription.signing import split_sign_spec
+
+    with pytest.raises(ValueError, match="NUL"):
+        split_sign_spec("SHA1:/tmp\0keys")

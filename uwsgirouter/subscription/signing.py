@@ -88,6 +88,8 @@ def split_sign_spec(spec: str) -> tuple[hashes.HashAlgorithm, str]:
     name, colon, path = spec.partition(":")
     if not colon or not name or not path:
         raise ValueError("not DIGEST:PATH")
+    if "\0" in path:
+        raise ValueError("the path contains a NUL byte")
     return digest_by_name(name), path
 
 
