@@ -198,6 +198,13 @@ class Arbiter:
             log.info("%s %d (pid %d) exited (%s)", spec.kind, spec.number, worker.pid, what)
             return
         code = exit_code(status)
+        if not worker.booted:
+            # It may have beaten after the master's last look: then it was serving, not failing to start
+            # (a crash in a router's first second must not stop the whole router).
+            beat = self.heartbeats.read(spec.slot)
+            if beat is not None and beat.pid == worker.pid:
+                worker.booted = True
+                self.booted_kinds.add(spec.kind)
         if code in BOOT_FAILURES and not worker.booted:
             if self.reloading and spec.generation == self.generation:
                 self._abort_reload(f"{spec.kind} {spec.number} of the new generation could not start ({what})")

@@ -127,6 +127,15 @@ def test_a_worker_that_cannot_boot_at_start_halts_the_master() -> None:
     assert "worker 1 could not start" in info.value.reason
 
 
+def test_a_worker_that_beat_before_dying_was_booted_even_if_the_master_had_not_looked_yet() -> None:
+    arbiter, fake = make(apps=0, routers=1)
+    arbiter.spawn_all()
+    beat_all(arbiter, fake)  # the router beat, then crashed before the master's next tick
+    fake.exits.append((1001, exited(APP_LOAD_ERROR)))
+    arbiter.reap()
+    assert [respawn.kind for respawn in arbiter.respawns] == [ROUTER]
+
+
 def test_a_boot_failure_after_a_successful_boot_is_only_respawned() -> None:
     arbiter, fake = make(apps=1, routers=0)
     arbiter.spawn_all()
