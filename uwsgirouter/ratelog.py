@@ -63,6 +63,8 @@ class LogLimiter:
             now = self.clock()
         if now - self.window_start < 1.0:
             return
-        if self.suppressed:
+        if self.suppressed == 1:
+            self.logger.warning("1 more line like these in the last second was left out")
+        elif self.suppressed:
             self.logger.warning("%d more lines like these in the last second were left out", self.suppressed)
         self.window_start, self.logged, self.suppressed = now, 0, 0

@@ -45,3 +45,14 @@ def test_exception_lines_carry_the_traceback(caplog: pytest.LogCaptureFixture) -
             limiter.exception("mapper raised")
             assert not limiter.exception("mapper raised again")
     assert caplog.records[0].exc_info is not None and len(caplog.records) == 1
+
+
+def test_one_line_left_out_is_said_in_the_singular(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    limiter = LogLimiter(logging.getLogger("test.ratelog"), per_second=1, clock=clock)
+    with caplog.at_level(logging.INFO, logger="test.ratelog"):
+        limiter.warning("a")
+        limiter.warning("b")
+        clock.now += 1
+        limiter.flush()
+    assert caplog.records[-1].getMessage() == "1 more line like these in the last second was left out"

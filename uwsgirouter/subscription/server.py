@@ -37,6 +37,8 @@ IMAGE_BYTES_PER_KEY = 300
 #: A datagram carrying this var was forwarded by another router (--fastrouter-resubscribe): it is
 #: never forwarded again, so two routers resubscribing to each other cannot loop (uWSGI issue #871).
 RESUBSCRIBED_VAR = b"resubscribed"
+#: Receive buffer asked for on subscription sockets (the kernel may give less).
+RECEIVE_BUFFER = 4 << 20
 #: Longest wait between a table change and its publication (see ``SubscriptionServer.publish``).
 PUBLISH_BACKOFF_MAX_S = 0.5
 RESUBSCRIBED_RECORD = len(RESUBSCRIBED_VAR).to_bytes(2, "little") + RESUBSCRIBED_VAR + b"\x01\x001"
@@ -57,8 +59,22 @@ def bind_datagram(address: Address) -> socket.socket:
         sock.bind(address.path)
     else:
         raise ValueError(f"a subscription server needs host:port or a UNIX path, not {address}")
+    _grow_receive_buffer(sock)
     sock.setblocking(False)
     return sock
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """Room for bursts of announces while the master is busy (publishing a large table, say): the kernel's
+    default buffer holds a few hundred datagrams. Beyond net.core.rmem_max only root may go (FORCE)."""
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 class SubscriptionServer:
