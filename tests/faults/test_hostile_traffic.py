@@ -9,8 +9,11 @@ Plus descriptor exhaustion: the router keeps serving what it has, says so once a
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -323,3 +326,41 @@ def test_requests_that_find_no_descriptor_for_their_node_wait_for_one(procs: Pro
             answers.append(read_all(sock)[:12])
     assert answers == [b"HTTP/1.1 200"] * len(held), answers
     assert "wait for a descriptor" in router.log(), "the descriptor wait was exercised"
+
+
+def test_kill9_of_one_of_two_nodes_under_load_fails_no_request(procs: ProcessManager) -> None:
+    """Requests in flight on a node killed with -9 are sent again (they had no answer yet); later ones find
+    its connect refused and go to the other node: no client sees a failure."""
+    nodes, victims = [], []
+    for name in ("a", "b"):
+        node_port = free_port()
+        victims.append(procs.uwsgi_backend(f"{LOOPBACK}:{node_port}", name, wait_for=(LOOPBACK, node_port)))
+        nodes.append(f"--fastrouter-to={LOOPBACK}:{node_port}")
+    port = free_port()
+    address = (LOOPBACK, port)
+    procs.router("--fastrouter", f"{LOOPBACK}:{port}", *nodes, wait_for=address)
+    results: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:  # bounded in time
+            try:
+                results.append(uwsgi_request(address, request_vars(host="load", path="/sleep/0.01")).status)
+            except OSError:
+                results.append(0)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(results) >= 100, 10, what="load on both nodes")
+        os.killpg(victims[0].pid, signal.SIGKILL)
+        killed_at = len(results)
+        wait_until(lambda: len(results) >= killed_at + 200, 15, what="load after the kill")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    failed = [status for status in results if status != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:10]}"
