@@ -27,6 +27,7 @@ from uwsgirouter.errors import ConfigError, HaltServer
 from uwsgirouter.heartbeat import HeartbeatTable
 from uwsgirouter.logs import set_process_label
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
+from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.cache_mapper import build_cache_mapper
 from uwsgirouter.router.code_mapper import CodeMapper, load_mapper_function
 from uwsgirouter.router.mappers import Mapper, build_mapper
@@ -147,6 +148,9 @@ class Master:
         self.argv = list(argv)
         self.environ = dict(environ or {})
         self.sockets = Sockets(config)
+        #: unexpected exceptions in master-side handlers, by (subsystem, exception type)
+        self.handler_errors: dict[tuple[str, str], int] = {}
+        self.handler_notes = LogLimiter(log, per_second=1)
         try:
             self._setup(config)
         except BaseException:
@@ -364,7 +368,7 @@ class Master:
                 publishing = self.server is not None and self.server.publish_pending
                 self._wait(0.05 if publishing else 0.1 if busy else 1.0)
                 if publishing and self.server is not None:
-                    self.server.publish()
+                    self._guarded("publishing the node table", self.server.publish)
                 signals, self.pending = self.pending, []
                 for signum in signals:
                     self._handle_signal(signum)
@@ -375,10 +379,10 @@ class Master:
                 arbiter.tick()
                 now = time.monotonic()
                 if self.subscriber is not None and not arbiter.stopping and not self.deferred_stop:
-                    self.subscriber.tick(now)
+                    self._guarded("announcing subscriptions", self.subscriber.tick, now)
                 if self.server is not None and now >= next_second:
                     next_second = now + 1.0
-                    self.server.tick(now)
+                    self._guarded("the subscription server's timer", self.server.tick, now)
             log.info("goodbye")
             return 0
         finally:
@@ -422,9 +426,25 @@ class Master:
                     pass
             elif server is not None:
                 if server.reports is not None and fd == server.reports.fileno():
-                    server.on_reports()
+                    self._guarded("reports from the routers", server.on_reports)
                 else:
-                    server.on_readable(next(s for s in server.sockets if s.fileno() == fd), now)
+                    sock = next(s for s in server.sockets if s.fileno() == fd)
+                    self._guarded("the subscription server", server.on_readable, sock, now)
+
+    def _guarded(self, what: str, handler: Callable[..., object], *args: object) -> None:
+        """Run one master-side handler; an exception it did not expect is a bug in that subsystem, not a reason
+        to stop routing: it is logged with its traceback (once per subsystem and kind, then counted) and the
+        master goes on."""
+        try:
+            handler(*args)
+        except Exception as exc:
+            seen = (what, type(exc).__name__)
+            count = self.handler_errors.get(seen, 0) + 1
+            self.handler_errors[seen] = count
+            if count == 1:
+                log.exception("unexpected error in %s; the master goes on", what)
+            else:
+                self.handler_notes.error("unexpected error in %s again (%d times): %r", what, count, exc)
 
     def _kill_leftovers(self) -> None:
         """On an error exit, no worker may outlive the master."""

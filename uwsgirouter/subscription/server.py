@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from uwsgirouter.address import Address, TcpAddress, UnixAddress
+from uwsgirouter.address import AbstractAddress, Address, TcpAddress, UnixAddress
 from uwsgirouter.protocol import RemoteProtocolError, Subscription, decode_subscription, encode_subscription
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.responses import printable
@@ -95,7 +95,8 @@ class SubscriptionServer:
         self.table = table
         self.image = image
         self.reports = reports
-        self.resubscribe = [_sockaddr(a) for a in resubscribe]
+        #: (family, kernel address, name) of every --fastrouter-resubscribe target
+        self.resubscribe = [target for target in (_forward_target(a) for a in resubscribe) if target is not None]
         self.own_address = own_address
         self.guard = guard  # signatures and credentials (--subscriptions-sign-check ...), checked first
         self.rejected = 0
@@ -107,12 +108,11 @@ class SubscriptionServer:
         self.next_publish_at = 0.0
         #: node events (new, back, gone, failed) and delivery problems: a flood of them is summarised
         self.events = LogLimiter(log)
-        self._forwarder: socket.socket | None = None
-        if self.resubscribe:
-            self._forwarder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            if isinstance(resubscribe_bind, TcpAddress):
-                self._forwarder.bind((resubscribe_bind.host, resubscribe_bind.port))
-            self._forwarder.setblocking(False)
+        #: one datagram socket per address family the targets use (UDP v4/v6, UNIX paths and abstract names)
+        self._forwarders: dict[int, socket.socket] = {}
+        for family, _, _ in self.resubscribe:
+            if family not in self._forwarders:
+                self._forwarders[family] = _forwarder(family, resubscribe_bind)
         self.publish()
 
     def filenos(self) -> list[int]:
@@ -179,7 +179,7 @@ class SubscriptionServer:
             self.events.info("%s => node %s unsubscribed", key, address)
         elif change is Change.FULL:
             self._rejected(f"table full, refusing {key} => {address}", now)
-        if self._forwarder is not None and RESUBSCRIBED_RECORD not in datagram:
+        if self._forwarders and RESUBSCRIBED_RECORD not in datagram:
             self._forward(sub)
         return change
 
@@ -213,7 +213,6 @@ class SubscriptionServer:
             self.events.info("cannot send the subscription ack to %s: %s", printable(sub.notify), exc)
 
     def _forward(self, sub: Subscription) -> None:
-        assert self._forwarder is not None
         forwarded = Subscription(
             key=sub.key,
             address=self.own_address,
@@ -224,11 +223,11 @@ class SubscriptionServer:
         packet = bytearray(encode_subscription(forwarded))
         packet += RESUBSCRIBED_RECORD
         packet[1:3] = (len(packet) - 4).to_bytes(2, "little")
-        for target in self.resubscribe:
+        for family, target, name in self.resubscribe:
             try:
-                self._forwarder.sendto(bytes(packet), target)
+                self._forwarders[family].sendto(bytes(packet), target)
             except OSError as exc:
-                self.events.info("cannot forward a subscription to %s: %s", target, exc)
+                self.events.info("cannot forward a subscription to %s: %s", name, exc)
 
     def on_reports(self) -> None:
         """Reports from the router workers: ``KEY\0ADDRESS``, the node could not be connected (dead for all
@@ -291,8 +290,8 @@ class SubscriptionServer:
         self._report_rejected(float("inf"))
         for sock in self.sockets:
             sock.close()
-        if self._forwarder is not None:
-            self._forwarder.close()
+        for forwarder in self._forwarders.values():
+            forwarder.close()
 
 
 def _sender(source: object) -> bytes:
@@ -302,7 +301,27 @@ def _sender(source: object) -> bytes:
     return b""
 
 
-def _sockaddr(address: Address) -> tuple[str, int] | str:
+def _forward_target(address: Address) -> tuple[int, tuple[str, int] | str | bytes, str] | None:
+    """How to reach a --fastrouter-resubscribe address: UDP host:port, a UNIX datagram path, an abstract name."""
     if isinstance(address, TcpAddress):
-        return (address.host or "127.0.0.1", address.port)
-    return str(address)
+        host = address.host if address.host not in ("", "*") else "127.0.0.1"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return family, (host, address.port), str(address)
+    if isinstance(address, UnixAddress):
+        return socket.AF_UNIX, address.path, address.path
+    if isinstance(address, AbstractAddress):
+        return socket.AF_UNIX, address.sockaddr, str(address)
+    log.warning("--fastrouter-resubscribe %s: not a datagram address; ignored", address)
+    return None
+
+
+def _forwarder(family: int, bind: Address | None) -> socket.socket:
+    """The socket forwarded datagrams leave from (UDP ones from --fastrouter-resubscribe-bind, if given)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family != socket.AF_UNIX and isinstance(bind, TcpAddress):
+        try:
+            sock.bind((bind.host, bind.port))
+        except OSError as exc:
+            log.warning("--fastrouter-resubscribe-bind %s: %s; forwarding from any address", bind, exc.strerror)
+    sock.setblocking(False)
+    return sock
