@@ -5,7 +5,7 @@ and write a byte), then acts: reap children, respawn the unexpected deaths with 
 stalled workers (harakiri), move a reload or a stop forward. Every OS call goes through ``OsCalls``
 so this logic is unit-tested with a fake and no real fork.
 
-Signals (DECISIONS D12), the same table as in docs/signals.md:
+Signals (docs/differences.md, "SIGTERM"), the same table as in docs/signals.md:
 
 ========  =====================================================================================
 SIGHUP    graceful reload: a new generation of workers starts; once it is up, the old one stops

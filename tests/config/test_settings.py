@@ -21,7 +21,7 @@ REFERENCE = ROOT.parent / "shared" / "reference" / "uwsgi-fastrouter.md"
 OPTIONS_DOC = ROOT / "docs" / "options.md"
 UWSGI = Path(sys.executable).with_name("uwsgi")
 
-#: Options uwsgirouter adds to uWSGI 2.0.31 (DECISIONS.md adopts the two 2.1 ones).
+#: Options uwsgirouter adds to uWSGI 2.0.31 (docs/differences.md lists the two 2.1 ones we adopt).
 NOT_IN_UWSGI_2_0 = {"fastrouter-max-retries", "fastrouter-force-key", "subscription-max-nodes", "subscription-max-keys"}
 UWSGIROUTER_ONLY = {"dry-run"}
 
@@ -301,7 +301,7 @@ def test_aliases_work_in_ini_files_and_the_environment(tmp_path: Path) -> None:
 # --- coverage of the reference ------------------------------------------------------------------------------
 
 REFERENCE_SECTIONS = ("2.4", "2.5", "2.6", "3.3", "3.7", "4.1", "4.2", "4.3", "5")
-#: Named in 3.7 as 2.1-only and absent from 2.0.31; DECISIONS.md adopts only force-key and max-retries.
+#: Named in 3.7 as 2.1-only and absent from 2.0.31; we adopt only force-key and max-retries (docs/differences.md).
 REFERENCE_2_1_ONLY = {"fastrouter-defer-connect-timeout", "fastrouter-emperor-socket"}
 
 

@@ -5,7 +5,8 @@ and then not again within the test (``--subscribe-freq 30``), while CLIENTS thre
 back.
 
 - The router worker killed: the master respawns it at once, the listening socket never closes (clients
-  wait in the backlog), and the node table survives in the master (D5): at most the request each client
+  wait in the backlog), and the node table survives in the master (docs/differences.md, "The node table on reload"): at
+  most the request each client
   had in flight fails, and every request after the respawn is answered by one of the two nodes.
 - The master killed: its worker notices within a second or two and exits, cutting at most the requests
   in flight; after that connections are refused, and no process of the router's group survives.

@@ -1,6 +1,7 @@
 """A backend that accepts connections and never reads or answers (a hung application).
 
-The router must give up on it after ``--fastrouter-timeout`` with a 504 (D1) and, while it waits, keep
+The router must give up on it after ``--fastrouter-timeout`` with a 504 (docs/differences.md, "Routing failure") and,
+while it waits, keep
 serving every other request: requests routed to a good node are answered at once, not queued behind
 the stuck node's sessions.
 """
@@ -119,7 +120,9 @@ def test_stuck_backend_gets_a_504_after_the_timeout(procs: ProcessManager, stuck
     outcome = timed_request(address)
     assert outcome.status == 504, outcome
     assert TIMEOUT_S - 0.1 <= outcome.took <= LATEST_504_S, f"504 after {outcome.took:.2f} s"
-    assert stuck.address.encode() not in outcome.body  # D1: no internal address in the answer
+    assert (
+        stuck.address.encode() not in outcome.body
+    )  # docs/differences.md, "Routing failure": no internal address in the answer
     assert len(stuck.held) == 1
     assert any("timed out; answered 504" in line for line in log_lines(router)), router.log()
     assert router.alive()

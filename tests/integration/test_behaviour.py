@@ -132,7 +132,7 @@ def ok_body(response: Response) -> bytes:
     return response.body
 
 
-# -- half-close (D7) ------------------------------------------------------------------------------------
+# -- half-close (docs/differences.md, "Client that half-closes") ------------------------------------------------------
 
 
 def test_half_closed_client_gets_its_full_response(procs: ProcessManager) -> None:
@@ -318,7 +318,8 @@ def test_in_flight_request_survives_sigterm(procs: ProcessManager) -> None:
         wait_until(to_backend, 5, what="the request to reach the backend")
         assert not future.done()
         router.signal(signal.SIGTERM)
-        # While it drains, a new request is answered 503 (D1), not served and not dropped.
+        # While it drains, a new request is answered 503 (docs/differences.md, "Routing failure"), not served and not
+        # dropped.
         wait_until(
             lambda: uwsgi_request(address, request_vars(host="late")).status == 503,
             5,

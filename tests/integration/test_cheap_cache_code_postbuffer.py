@@ -3,7 +3,8 @@
 Every example runs as written, with the seed's addresses moved to 127.0.0.1 and free ports. The backends
 are real uWSGI 2.0.31 instances (tests/apps/instance_app.py) or, where the test must see what reaches a
 backend and when (modifier1 5, which real uWSGI refuses, or the timing of an upload), a scripted uwsgi
-backend running in a thread of the test. DECISIONS D6 (cheap mode never cuts a request) and D8 (the
+backend running in a thread of the test. docs/differences.md, "Cheap mode when the last node goes" (cheap mode never
+cuts a request) and "The code-string mapper" (the
 code-string mapper gets a str, may return str, bytes or None, and never kills the router) are covered.
 """
 

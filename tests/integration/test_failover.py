@@ -1,4 +1,7 @@
-"""Dead nodes, retries, grace time and fallbacks (D1, D11): UNIX and TCP nodes fail over alike."""
+"""Dead nodes, retries, grace time and fallbacks: UNIX and TCP nodes fail over alike.
+
+See docs/differences.md, "Routing failure" and "Missing UNIX-socket backend".
+"""
 
 from __future__ import annotations
 
@@ -142,7 +145,7 @@ def test_fallback_answers_when_the_mapped_node_is_dead(procs: ProcessManager, no
     assert instance(response) == "live"
     # As in uWSGI 2.0.31 (checked with the real binary): while the only node is in its grace time the key
     # maps to no node, and fallbacks serve that case only with --fastrouter-fallback-on-no-key. uWSGI
-    # closes the connection; uwsgirouter answers a D1 502.
+    # closes the connection; uwsgirouter answers a "Routing failure" 502.
     check_d1_error(uwsgi_request(address), dead, nodes.live)
     assert router.alive()
 
@@ -170,7 +173,7 @@ def test_fallback_on_no_key_with_use_base(procs: ProcessManager, nodes: Nodes, u
     assert response.status == 200, response.raw
     assert instance(response) == "live"
 
-    # No fallback at all: a key with no socket is a D1 502 that names the key, not the path.
+    # No fallback at all: a key with no socket is a "Routing failure" 502 that names the key, not the path.
     _, without = start_router(procs, "--fastrouter-use-base", f"{base}/")
     response = uwsgi_request(without, request_vars(host="nosuch.example"))
     check_d1_error(response, str(base))
@@ -180,7 +183,8 @@ def test_fallback_on_no_key_with_use_base(procs: ProcessManager, nodes: Nodes, u
 def test_use_base_missing_socket_without_the_flag_still_uses_the_fallback(
     procs: ProcessManager, nodes: Nodes, unix_dir: Path
 ) -> None:
-    """D11 + docs/differences.md: a missing UNIX socket is a failed connect, so the fallback is tried."""
+    """A missing UNIX socket is a failed connect, so the fallback is tried (docs/differences.md, "Missing UNIX-socket
+    backend")."""
     base = unix_dir / "base"
     base.mkdir()
     _, address = start_router(procs, "--fastrouter-use-base", f"{base}/", "--fastrouter-fallback", nodes.live)

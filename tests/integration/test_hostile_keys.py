@@ -1,4 +1,5 @@
-"""D2: keys that would escape the socket directory never reach the filesystem (base and pattern mappers).
+"""Hostile keys (docs/differences.md): keys that would escape the socket directory never reach the filesystem (base and
+pattern mappers).
 
 Every hostile key is answered with a parseable 502 whose body reveals no internal path, and is logged on
 exactly one line naming the key in printable form. Listening "trap" sockets sit at the paths the hostile
@@ -144,7 +145,9 @@ def test_long_legal_key_is_a_502_not_a_crash(procs: ProcessManager, unix_dir: Pa
     address = ("127.0.0.1", port)
     router = procs.router("--fastrouter", f"127.0.0.1:{port}", *mapper_option(mapper, base), wait_for=address)
     worker = router_worker(router)
-    key = "h" * 100  # a legal key (D2 refuses only > 255 bytes), but base + key is too long for a UNIX socket path
+    key = (
+        "h" * 100
+    )  # a legal key ("Hostile keys" refuses only > 255 bytes), but base + key is too long for a UNIX socket path
     for _ in range(2):
         before = len(log_lines(router))
         response = uwsgi_request(address, hostile_vars(key))

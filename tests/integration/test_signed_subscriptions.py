@@ -1,5 +1,6 @@
 """Signed subscriptions with real processes: uWSGI 2.0.31 instances signing to uwsgirouter, uwsgirouter
-instances signing to uWSGI's fastrouter, and what our router refuses (wrong key, unsigned, replays, D9).
+instances signing to uWSGI's fastrouter, and what our router refuses (wrong key, unsigned, replays:
+docs/differences.md, "Signed subscriptions").
 
 Keys are generated here. Replays use packets captured from a real uWSGI instance: it announces to a UDP
 socket the test owns, and the test relays what it chooses to the router, then replays it.

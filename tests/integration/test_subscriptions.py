@@ -4,7 +4,8 @@ Addresses of the seed move to 127.0.0.1 and free ports. The combinations are rea
 instances announcing to uwsgirouter, uwsgirouter instances announcing to uwsgirouter, and uwsgirouter
 instances announcing to a real uWSGI fastrouter. Then load balancing by weight, a node killed with
 -9 (and lrc/wlrc after a refused connect, with the stats' ref and failcnt), a router worker killed
-with -9 (the table survives, DECISIONS D5), a flood of hostile datagrams (D3) and how rejections are
+with -9 (the table survives, docs/differences.md, "The node table on reload"), a flood of hostile datagrams
+(docs/differences.md, "Subscription packets") and how rejections are
 logged, unsubscribes at shutdown, and ``--fastrouter-resubscribe`` without the loop of uWSGI issue #871.
 """
 
@@ -314,7 +315,9 @@ def test_way4_routes_each_key_to_the_instance_that_subscribed_it(
     assert instance_name(response) is None, response.raw
     wait_until(lambda: UNAVAILABLE_MODIFIER_5 in second.log(), 5, what="instance two refusing modifier1 5")
     if router_kind == UWSGIROUTER:
-        assert response.status == 502 and b"unbit.it" in response.body, response.raw  # D1
+        assert response.status == 502 and b"unbit.it" in response.body, (
+            response.raw
+        )  # docs/differences.md, "Routing failure"
 
 
 @pytest.mark.parametrize(("instances", "router_kind"), COMBINATIONS)
@@ -577,7 +580,7 @@ def test_respawned_router_worker_routes_at_once_without_reannounces(procs: Proce
     assert new_worker != old_worker
 
 
-# -- 5. a flood of hostile datagrams (D3) -----------------------------------------------------------------------
+# -- 5. a flood of hostile datagrams (docs/differences.md, "Subscription packets") ------------------------------------
 
 FLOOD = r"""
 import os, random, socket, struct, sys, time
@@ -706,7 +709,8 @@ def test_every_rejected_packet_is_reported_in_the_log(procs: ProcessManager) -> 
     wait_until(lambda: reported() >= 50, 5, interval=0.1, what="the 50 rejections in the log")
     assert reported() == 50
     assert len(counts.findall(router.proc.log())) <= 3  # still rate-limited
-    # D3: rejected packets are counted in the stats too (an added field, uWSGI's layout is kept)
+    # docs/differences.md, "Subscription packets": rejected packets are counted in the stats too (an added field,
+    # uWSGI's layout is kept)
     wait_until(lambda: router.stats().get("subscription_packets_rejected") == 50, 5, what="the count in the stats")
 
 

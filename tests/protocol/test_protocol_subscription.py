@@ -1,4 +1,5 @@
-"""Subscription datagrams: decoding (strict, DECISIONS D3), encoding as uWSGI does, round trips."""
+"""Subscription datagrams: decoding (strict, docs/differences.md, "Subscription packets"), encoding as uWSGI does,
+round trips."""
 
 from __future__ import annotations
 

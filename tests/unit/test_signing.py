@@ -142,7 +142,7 @@ def test_key_file_names_are_sanitised_as_uwsgi_does() -> None:
     assert key_file("/keys", b"a-b_c.D9\xff\x00") == b"/keys/a-b_c.D9__.pem"
 
 
-# -- freshness and replays (D9) ----------------------------------------------------------------------------------
+# -- freshness and replays (docs/differences.md, "Signed subscriptions") ----------------------------------------------
 
 
 def test_a_replayed_subscribe_is_refused(guard: SubscriptionGuard, private_key: rsa.RSAPrivateKey) -> None:

@@ -1,4 +1,5 @@
-"""``--fastrouter-use-code-string 0:FILE:FUNCTION``: route by calling a Python function (DECISIONS D8).
+"""``--fastrouter-use-code-string 0:FILE:FUNCTION``: route by calling a Python function (docs/differences.md, "The
+code-string mapper").
 
 The file is loaded once, in the master before the fork, as the module ``uwsgi_fastrouter`` (uWSGI's
 name), so a broken file stops the start with a clear message. The function gets the key as ``str``

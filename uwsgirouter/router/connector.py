@@ -1,8 +1,9 @@
 """Choosing a node and connecting to it: the part of a session between the head and the relay.
 
 A mixin of ``Session`` (which owns the state, see its ``__slots__``). Connect failures, on UNIX and TCP
-nodes alike (DECISIONS D11), mark the node with its mapper and move on to the next node or fallback,
-up to ``--fastrouter-max-retries`` retries; then the client gets a 502 (D1).
+nodes alike (docs/differences.md, "Missing UNIX-socket backend"), mark the node with its mapper and move on to the next
+node or fallback,
+up to ``--fastrouter-max-retries`` retries; then the client gets a 502 (docs/differences.md, "Routing failure").
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class Connector:
         self.worker.add_fd(sock.fileno(), self.on_backend, mask)
 
     def _backend_head(self, node: Node) -> bytes:
-        """The client's header and vars with the node's modifiers (reference 3.4), then any early body."""
+        """The client's header and vars with the node's modifiers (as uWSGI rewrites them), then any early body."""
         head = self.head
         assert head is not None
         out = bytearray(head.raw)

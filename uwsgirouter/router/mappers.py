@@ -17,14 +17,15 @@ from uwsgirouter.router.nodes import Node, make_node
 
 log = logging.getLogger("uwsgirouter.router")
 
-#: Keys longer than this are refused before any path is built (DECISIONS D2).
+#: Keys longer than this are refused before any path is built (docs/differences.md, "Hostile keys").
 MAX_PATH_KEY_SIZE = 255
 #: Nodes built from keys (base, pattern) kept for reuse; beyond it they are built per request.
 MAX_CACHED_NODES = 4096
 
 
 class UnsafeKey(Exception):
-    """The key cannot be used to build a path (D2); the router answers 502 and logs it."""
+    """The key cannot be used to build a path (docs/differences.md, "Hostile keys"); the router answers 502 and logs
+    it."""
 
 
 class Mapper:
@@ -46,7 +47,8 @@ class Mapper:
 
 
 def check_path_key(key: bytes) -> str:
-    """The key as text, if it is safe to paste into a filesystem path (D2); else ``UnsafeKey``."""
+    """The key as text, if it is safe to paste into a filesystem path (docs/differences.md, "Hostile keys"); else
+    ``UnsafeKey``."""
     if len(key) > MAX_PATH_KEY_SIZE:
         raise UnsafeKey("longer than 255 bytes")
     if key in (b".", b".."):

@@ -1,4 +1,4 @@
-"""The short HTTP answers the router gives when it cannot route a request (DECISIONS D1).
+"""The short HTTP answers the router gives when it cannot route a request (docs/differences.md, "Routing failure").
 
 uWSGI closes the connection with zero bytes, which nginx reports as an obscure upstream error. We answer
 with a valid response whose body names the key (made printable) but never an internal address.

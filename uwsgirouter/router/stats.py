@@ -1,7 +1,7 @@
 """The stats server of router process 1 (``--fastrouter-stats``): one JSON document per connection.
 
-The layout is uWSGI's (reference 3.9), so tools written for it keep working; it is always valid JSON
-(DECISIONS D13) and extra fields are only ever added. Counters are those of the serving process,
+The layout is uWSGI's (its corerouter stats server), so tools written for it keep working; it is always valid JSON
+(docs/differences.md, "The stats JSON") and extra fields are only ever added. Counters are those of the serving process,
 as in uWSGI. The document is written without blocking the router: a slow reader just waits.
 """
 

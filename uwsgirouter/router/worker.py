@@ -117,7 +117,8 @@ class RouterWorker:
         self.fallback_on_no_key = config.fastrouter_fallback_on_no_key
         self.force_key = (config.fastrouter_force_key or "").encode("utf-8", "surrogateescape")
         self.quiet = config.fastrouter_quiet
-        # Cheap mode: accept only while the subscription table has a live node (D6: sessions in
+        # Cheap mode: accept only while the subscription table has a live node (docs/differences.md, "Cheap mode when
+        # the last node goes": sessions in
         # flight are never cut; going cheap only stops accepting, so a shared socket's app workers answer).
         self.cheap_mode = config.fastrouter_cheap and mapper.live_nodes() is not None
         self.is_cheap = False
@@ -311,7 +312,8 @@ class RouterWorker:
         """Only record; the loop acts on it.
 
         SIGUSR2 (from the master, on reload): retire: stop accepting, finish in-flight sessions.
-        SIGTERM (graceful stop): keep accepting but answer 503 (D1), finish in-flight sessions.
+        SIGTERM (graceful stop): keep accepting but answer 503 (docs/differences.md, "Routing failure"), finish
+        in-flight sessions.
         SIGINT, SIGQUIT: leave at once.
         """
         if signum == signal.SIGUSR2:

@@ -1,6 +1,6 @@
 """The instance side: announce this instance's sockets to subscription servers (``--subscribe-to``).
 
-Grammar (uWSGI 2.0, reference 2.4): ``[ADDR=]SERVER:KEY[,MODIFIER1[,DIGEST:PRIVKEY]]`` or ``[ADDR=]SERVER:@MAPFILE``,
+Grammar (as uWSGI 2.0 parses it): ``[ADDR=]SERVER:KEY[,MODIFIER1[,DIGEST:PRIVKEY]]`` or ``[ADDR=]SERVER:@MAPFILE``,
 where ``=N=`` as ADDR names shared socket N. A SERVER starting with ``/`` is a UNIX datagram path and
 the key follows the next ``:``; otherwise SERVER is ``host:port`` and the key follows the second ``:``
 (so keys may contain colons). ``--subscribe2`` takes ``server=,key=,addr=,socket=,weight=,sign=,...``.

@@ -198,7 +198,7 @@ class SubscriptionMapper(Mapper):
                 pool.reported = False  # try again with the next request
 
     def _smooth_wrr(self, live: list[Node], pool: Pool) -> Node:
-        """nginx's smooth weighted round robin: exact weights, interleaved (DECISIONS D10)."""
+        """nginx's smooth weighted round robin: exact weights, interleaved (docs/differences.md, "wrr")."""
         current = self.current
         total = 0
         best: Node | None = None

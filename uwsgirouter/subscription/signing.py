@@ -5,7 +5,8 @@ Wire format (uWSGI 2.0, ``--subscriptions-sign-check DIGEST:DIR``): a signing no
 record with its private key (``EVP_Sign*``: PKCS#1 v1.5 for RSA, ECDSA for EC keys) and appends the
 signature as the last var, ``sign``. The server checks it against ``DIR/<key>.pem``.
 
-Replay safety is ours (DECISIONS D9): uWSGI never advances its anti-replay counter and does not check
+Replay safety is ours (docs/differences.md, "Signed subscriptions"): uWSGI never advances its anti-replay counter and
+does not check
 unsubscribes, so a captured packet can be replayed. Here every accepted packet, subscribe or
 unsubscribe, advances the counter of its (key, node); a packet whose ``unix`` is not above the counter
 is refused; a counter is remembered until it falls out of the tolerance window, which outlives the node
