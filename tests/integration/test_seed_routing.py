@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ProcessManager, free_port, http_get, request_vars, uwsgi_request
+from tests.support import REPO, ProcessManager, free_port, http_get, request_vars, uwsgi_request, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +61,20 @@ def test_way2_use_pattern_through_nginx(procs: ProcessManager, tmp_path: Path) -
     assert response.status == 200
     assert b"instance=pattern host=example.com" in response.body
     assert http_get(http_port, host="other.org").status == 502
+
+
+def test_the_quickstart_configuration_routes_a_request(procs: ProcessManager) -> None:
+    """conf/quickstart.ini as scripts/quickstart runs it, on a free port (quickstart-port)."""
+    port = free_port()
+    procs.router(
+        str(REPO / "conf" / "quickstart.ini"), "--set", f"quickstart-port={port}", wait_for=("127.0.0.1", port)
+    )
+    response = wait_until(
+        lambda: (
+            (r := uwsgi_request(("127.0.0.1", port), request_vars(host="example.com", path="/hello"))).status == 200
+            and r
+        ),
+        15,
+        what="the quickstart app",
+    )
+    assert b"Hello from uwsgirouter: you asked example.com/hello" in response.body
