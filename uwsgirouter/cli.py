@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from uwsgirouter import __version__
 from uwsgirouter.config import Config, format_help, format_show_config, load_config
 from uwsgirouter.config.checks import check_config
+from uwsgirouter.config.preflight import check_environment
 from uwsgirouter.errors import ConfigError, HaltServer
 
 EXIT_USAGE = 2
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(format_show_config(config.entries))
             sys.stdout.flush()
         check_config(config)
+        if not (config.stop or config.reload):
+            check_environment(config)
         if config.dry_run:
             return 0
         from uwsgirouter.run import run

@@ -500,6 +500,7 @@ def test_fastrouter_use_socket_needs_a_socket(capsys: pytest.CaptureFixture[str]
 
 # --- the seed's "Cheap mode and shared sockets" example -----------------------------------------------------
 
+NO_SEED_APP = "uwsgirouter: --wsgi-file /var/www/myheavyapp.wsgi: no such file\n"
 CHEAP_CLI = [
     "--shared-socket",
     "127.0.0.1:3031",
@@ -553,15 +554,16 @@ def test_cheap_mode_fixture_is_the_seed_example() -> None:
 def test_cheap_mode_ini_and_command_line_show_the_same_configuration(capsys: pytest.CaptureFixture[str]) -> None:
     from_file = run(capsys, "--show-config", "--dry-run", CHEAP_INI)
     from_cli = run(capsys, "--show-config", "--dry-run", *CHEAP_CLI)
-    assert from_file == from_cli == (0, CHEAP_SHOW_CONFIG, "")
+    # The configuration is shown, then --dry-run finds that the seed's app file is not on this host.
+    assert from_file == from_cli == (2, CHEAP_SHOW_CONFIG, NO_SEED_APP)
 
 
 def test_cheap_mode_ini_and_command_line_in_subprocesses(tmp_path: Path) -> None:
     command = console_script()
     from_file = spawn(command, "--show-config", "--dry-run", CHEAP_INI, cwd=tmp_path)
     from_cli = spawn(command, "--show-config", "--dry-run", *CHEAP_CLI, cwd=tmp_path)
-    assert (from_file.returncode, from_file.stdout, from_file.stderr) == (0, CHEAP_SHOW_CONFIG, "")
-    assert (from_cli.returncode, from_cli.stdout, from_cli.stderr) == (0, CHEAP_SHOW_CONFIG, "")
+    assert (from_file.returncode, from_file.stdout, from_file.stderr) == (2, CHEAP_SHOW_CONFIG, NO_SEED_APP)
+    assert (from_cli.returncode, from_cli.stdout, from_cli.stderr) == (2, CHEAP_SHOW_CONFIG, NO_SEED_APP)
 
 
 def test_cheap_mode_typed_values() -> None:

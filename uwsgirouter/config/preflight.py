@@ -1,0 +1,97 @@
+"""Checks of what the configuration names on this host (paths, users, groups, the app file).
+
+They run before anything binds, forks or detaches, for ``--dry-run`` too, so that a bad path or user in an
+init script's INI file gives one line naming the option and a non-zero status, never a traceback and never
+a daemon that reports success and then dies.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+
+from uwsgirouter.config.model import Config
+from uwsgirouter.errors import ConfigError
+
+
+def check_environment(config: Config) -> None:
+    """Raise ``ConfigError`` for a path, user, group or app file this host does not have."""
+    base = config.chdir
+    if base is not None and not os.path.isdir(base):
+        raise ConfigError(f"--chdir {base}: no such directory")
+    uid = _user("uid", config.uid)
+    gid = _group("gid", config.gid)
+    _user("fastrouter-uid", config.fastrouter_uid)
+    _group("fastrouter-gid", config.fastrouter_gid)
+    for option, path in (("daemonize", config.daemonize), ("logto", config.logto), ("pidfile", config.pidfile)):
+        if path:
+            _writable_file(option, _within(base, path), None, None)
+    if config.pidfile2:
+        # written after the privileges are dropped: the new user must be able to write it
+        _writable_file("pidfile2", _within(base, config.pidfile2), uid, gid)
+    if config.wsgi_file and not os.path.isfile(_within(base, config.wsgi_file)):
+        raise ConfigError(f"--wsgi-file {config.wsgi_file}: no such file")
+
+
+def _within(base: str | None, path: str) -> str:
+    return os.path.join(base, path) if base else path
+
+
+def _user(option: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise ConfigError(f"--{option} {value}: no such user") from None
+
+
+def _group(option: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise ConfigError(f"--{option} {value}: no such group") from None
+
+
+def _writable_file(option: str, path: str, uid: int | None, gid: int | None) -> None:
+    """``path`` can be opened for appending (or created) by this process, or by ``uid``/``gid``."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        directory = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--{option} {path}: no such directory {directory}") from None
+        if not _may_write(directory, uid, gid, need_search=True):
+            raise ConfigError(f"--{option} {path}: the directory {directory} is not writable") from None
+        return
+    except OSError as exc:
+        raise ConfigError(f"--{option} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"--{option} {path}: is a directory")
+    if not _may_write(path, uid, gid, need_search=False):
+        raise ConfigError(f"--{option} {path}: not writable")
+
+
+def _may_write(path: str, uid: int | None, gid: int | None, need_search: bool) -> bool:
+    """Write permission for this process, or for the user it will become (the mode bits that apply)."""
+    if uid is None or uid == os.geteuid():
+        return os.access(path, os.W_OK | (os.X_OK if need_search else 0))
+    if uid == 0:
+        return True
+    info = os.stat(path)
+    wanted = stat.S_IWUSR | (stat.S_IXUSR if need_search else 0)
+    if info.st_uid == uid:
+        return info.st_mode & wanted == wanted
+    wanted >>= 3
+    if gid is not None and info.st_gid == gid:
+        return info.st_mode & wanted == wanted
+    wanted >>= 3
+    return info.st_mode & wanted == wanted
