@@ -106,30 +106,50 @@ def apply_magic(text: str, table: dict[str, str]) -> str:
         i = j + 2
 
 
-def parse_ini(text: str, section: str) -> tuple[list[tuple[str, str]], bool]:
-    """The ``(key, value)`` pairs of ``section`` in order, and whether the section exists at all."""
+def parse_ini(
+    text: str, section: str, problems: list[tuple[int, str, str]] | None = None
+) -> tuple[list[tuple[str, str]], bool]:
+    """The ``(key, value)`` pairs of ``section`` in order, and whether the section exists at all.
+
+    uWSGI reads a header without ``]`` as a section named without its last character, and a line without
+    ``=`` as a key with an empty value, both silently. Such lines are appended to ``problems`` as
+    ``(line number, what is wrong, key)``: headers anywhere in the file (key ""), lines without ``=`` in
+    ``section`` (the loader keeps quiet when the key is an option name: ``master`` alone turns a flag on).
+    Numbers count lines after the file magic, where only a ``%`` at the end of a line (which eats the
+    newline) shifts them.
+    """
     pairs: list[tuple[str, str]] = []
     current = ""
     found = False
-    for raw_line in text.split("\n"):
+    for number, raw_line in enumerate(text.split("\n"), 1):
         line = raw_line.strip(_TRIM)
         if not line or line[0] in ";#":
             continue
         if line[0] == "[":
             current = line[1:-1]
             found = found or current == section
+            if problems is not None and line[-1] != "]":
+                problems.append(
+                    (number, f"section header {line!r} has no closing ']': the lines after it are ignored", "")
+                )
             continue
         if current != section:
             continue
-        key, _, value = line.partition("=")
-        pairs.append((key.strip(_TRIM), value.strip(_TRIM)))
+        key, eq, value = line.partition("=")
+        key = key.strip(_TRIM)
+        if problems is not None and not eq:
+            problems.append((number, f"{line!r} has no '=': ignored (write KEY = VALUE)", key))
+        pairs.append((key, value.strip(_TRIM)))
     return pairs, found
 
 
 def read_ini(
-    source: IniSource, first_table: dict[str, str] | None = None
+    source: IniSource, first_table: dict[str, str] | None = None, problems: list[tuple[int, str, str]] | None = None
 ) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """Read, apply the magic and parse one section. A missing file or section is a ``ConfigError``."""
+    """Read, apply the magic and parse one section (``problems`` as in ``parse_ini``).
+
+    A missing file or section is a ``ConfigError``.
+    """
     try:
         with open(source.path, encoding="utf-8", errors="surrogateescape") as handle:
             raw = handle.read()
@@ -137,7 +157,7 @@ def read_ini(
         reason = getattr(exc, "strerror", None) or exc
         raise ConfigError(f"unable to load configuration from {source.path}: {reason}") from None
     table = magic_table(source, first_table)
-    pairs, found = parse_ini(apply_magic(raw, table), source.section)
+    pairs, found = parse_ini(apply_magic(raw, table), source.section, problems)
     if not found:
         raise ConfigError(f"unable to load configuration from {source.path}: no [{source.section}] section")
     return pairs, table

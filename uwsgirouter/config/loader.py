@@ -3,7 +3,8 @@
 uWSGI's order, which configs depend on: (1) the environment, (2) the command line left to right with
 every ``--ini`` expanded in place, (3) positional configuration files. Then three substitution passes over
 every value: ``$(VAR)``, ``@(file)``, ``%(option)``. Scalars take the last value, ``%(...)`` and ``--get``
-the first. Unknown keys in files and the environment are kept as placeholders for ``%(...)``.
+the first. Unknown keys in files and the environment are kept as placeholders for ``%(...)``; a real uWSGI
+option that uwsgirouter lacks is kept too, and named in a warning (or refused, see ``uwsgi_names``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from uwsgirouter.config.ini import read_ini, split_ini_spec
 from uwsgirouter.config.model import REGISTRY, Config, Entry
 from uwsgirouter.config.setting import Arg
+from uwsgirouter.config.uwsgi_names import UWSGI_OPTIONS, UWSGI_SHORTS, foreign_plugins
 from uwsgirouter.errors import ConfigError
 
 #: Variables uWSGI sets for its own processes; they are never options.
@@ -66,7 +68,7 @@ def argv_entries(argv: Sequence[str]) -> tuple[list[Entry], list[str]]:
             break
         if arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
-            setting = REGISTRY.lookup(name)
+            setting = REGISTRY.lookup(name) or UWSGI_OPTIONS.get(name)
             if setting is None:
                 raise _unknown_option(name)
             if eq:
@@ -86,14 +88,15 @@ def argv_entries(argv: Sequence[str]) -> tuple[list[Entry], list[str]]:
 
 
 def _is_known_long_option(arg: str) -> bool:
-    return arg.startswith("--") and REGISTRY.lookup(arg[2:].partition("=")[0]) is not None
+    name = arg[2:].partition("=")[0]
+    return arg.startswith("--") and (REGISTRY.lookup(name) is not None or name in UWSGI_OPTIONS)
 
 
 def _short_options(argv: Sequence[str], i: int, arg: str, entries: list[Entry]) -> int:
     """``-M``, ``-MT`` (clustered flags), ``-p4`` and ``-p 4``; returns the next argv index."""
     letters = arg[1:]
     for pos, letter in enumerate(letters):
-        setting = REGISTRY.by_short.get(letter)
+        setting = REGISTRY.by_short.get(letter) or UWSGI_SHORTS.get(letter)
         if setting is None:
             raise ConfigError(f"unknown option -{letter}")
         if setting.arg is not Arg.REQUIRED:
@@ -126,6 +129,8 @@ class _Expander:
         # An included section can be read many times: suggest once per key, warn once per key and file.
         self.hints: dict[str, str | None] = {}
         self.warned: set[tuple[str, str]] = set()
+        #: "file:line: what is wrong" for INI lines uWSGI would drop silently, each once
+        self.problems: dict[str, None] = {}
 
     def add(self, entries: Sequence[Entry], depth: int = 0) -> None:
         for entry in entries:
@@ -145,14 +150,20 @@ class _Expander:
         if self.loads > MAX_INI_LOADS:
             raise ConfigError(f"{spec}: more than {MAX_INI_LOADS} INI files or sections loaded (do includes multiply?)")
         source = split_ini_spec(spec, self.previous_path)
-        pairs, table = read_ini(source, self.first_table)
+        problems: list[tuple[int, str, str]] = []
+        pairs, table = read_ini(source, self.first_table, problems)
         self.previous_path = source.path
         if self.first_table is None:
             self.first_table = table
         origin = f"{source.path} [{source.section}]"
+        broken = set()
+        for number, message, key in problems:
+            if not _is_option_name(key):
+                self.problems[f"{source.path}:{number}: {message}"] = None
+                broken.add(key)
         entries = []
         for key, value in pairs:
-            if REGISTRY.lookup(key) is None:
+            if REGISTRY.lookup(key) is None and key not in UWSGI_OPTIONS and key not in broken:
                 if key not in self.hints:
                     self.hints[key] = REGISTRY.suggest(key, cutoff=0.88)
                 hint = self.hints[key]
@@ -324,25 +335,72 @@ def substitute(entries: Sequence[Entry], environ: Mapping[str, str]) -> list[Ent
     return result
 
 
-def load_entries(
-    argv: Sequence[str], environ: Mapping[str, str], warn: Callable[[str], None] | None = None
-) -> list[Entry]:
-    """Every option occurrence in uWSGI's load order, substitutions done."""
-    expander = _Expander(warn or (lambda message: print(f"uwsgirouter: {message}", file=sys.stderr)))
+def _is_option_name(key: str) -> bool:
+    """A bare INI line naming an option is uWSGI's way to give it an empty value (``master`` turns it on)."""
+    return bool(key) and (REGISTRY.lookup(key) is not None or key in UWSGI_OPTIONS)
+
+
+def _print_warning(message: str) -> None:
+    print(f"uwsgirouter: {message}", file=sys.stderr)
+
+
+def _load(
+    argv: Sequence[str], environ: Mapping[str, str], warn: Callable[[str], None]
+) -> tuple[list[Entry], list[str]]:
+    expander = _Expander(warn)
     expander.add(env_entries(environ))
     cli, positional = argv_entries(argv)
     expander.add(cli)
     for path in positional:
         expander.load_positional(path)
-    return substitute(expander.out, environ)
+    return substitute(expander.out, environ), list(expander.problems)
+
+
+def load_entries(
+    argv: Sequence[str], environ: Mapping[str, str], warn: Callable[[str], None] | None = None
+) -> list[Entry]:
+    """Every option occurrence in uWSGI's load order, substitutions done; broken INI lines are warned about."""
+    entries, problems = _load(argv, environ, warn or _print_warning)
+    for problem in problems:
+        (warn or _print_warning)(problem)
+    return entries
 
 
 def load_config(argv: Sequence[str], environ: Mapping[str, str], warn: Callable[[str], None] | None = None) -> Config:
-    """Build the typed configuration; every user mistake is a one-line ``ConfigError``."""
-    entries = load_entries(argv, environ, warn)
+    """Build the typed configuration; every user mistake is a one-line ``ConfigError``.
+
+    Order matters for the one-line promise: refusals and ``--strict`` errors come before any warning
+    about the rest of the configuration.
+    """
+    warn = warn or _print_warning
+    entries, problems = _load(argv, environ, warn)
     config = Config(entries)
+    unknown = [entry for entry in entries if REGISTRY.lookup(entry.key) is None]
+    for entry in unknown:
+        option = UWSGI_OPTIONS.get(entry.key)
+        if option is not None and option.refusal:
+            raise ConfigError(
+                f"uWSGI option --{entry.key} ({entry.origin}) is not supported by uwsgirouter: {option.refusal}"
+            )
     if config.strict:
-        for entry in entries:
-            if REGISTRY.lookup(entry.key) is None:
-                raise ConfigError(f"unknown option {entry.key!r} in {entry.origin} (--strict forbids placeholders)")
+        if problems:
+            raise ConfigError(f"{problems[0]} (--strict)")
+        for entry in unknown:
+            if entry.key not in UWSGI_OPTIONS:
+                hint = REGISTRY.suggest(entry.key)
+                suffix = f" (did you mean --{hint}?)" if hint else ""
+                raise ConfigError(
+                    f"unknown option {entry.key!r} in {entry.origin}{suffix} (--strict forbids placeholders)"
+                )
+    for problem in problems:
+        warn(problem)
+    named: set[str] = set()
+    for entry in unknown:
+        option = UWSGI_OPTIONS.get(entry.key)
+        if option is not None and option.name not in named:
+            named.add(option.name)
+            warn(f"uWSGI option --{entry.key} ({entry.origin}) is not implemented by uwsgirouter: ignored")
+    plugins = foreign_plugins([*config.plugins, *config.need_plugins])
+    if plugins:
+        warn(f"uWSGI plugins not available in uwsgirouter, ignored: {', '.join(plugins)}")
     return config

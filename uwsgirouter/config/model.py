@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from uwsgirouter.config.compat_options import CompatOptions
 from uwsgirouter.config.instance_options import AppOptions, SocketOptions
 from uwsgirouter.config.process_options import ConfigOptions, ProcessOptions
 from uwsgirouter.config.router_options import RouterOptions
@@ -32,6 +33,7 @@ class Config(
     AppOptions,
     ProcessOptions,
     ConfigOptions,
+    CompatOptions,
 ):
     """Every setting as a typed attribute; ``entries`` keeps what was given, in order (for --show-config)."""
 
