@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 LOG_FORMAT = "%(asctime)s [%(label)s] %(message)s"
@@ -39,3 +40,15 @@ def setup_logging(logto: str | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
+
+
+def reopen_logs(logto: str | None, daemonize_log: str | None) -> None:
+    """Open the log files again by name (on SIGHUP), so that after ``mv router.log router.log.1`` the router
+    writes a new ``router.log`` instead of the renamed file. ``OSError`` if a file cannot be opened."""
+    if daemonize_log:
+        fd = os.open(daemonize_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    if logto:
+        setup_logging(logto)

@@ -25,7 +25,7 @@ from uwsgirouter.config import Config, load_config
 from uwsgirouter.config.checks import check_config
 from uwsgirouter.errors import ConfigError, HaltServer
 from uwsgirouter.heartbeat import HeartbeatTable
-from uwsgirouter.logs import set_process_label
+from uwsgirouter.logs import reopen_logs, set_process_label
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.cache_mapper import build_cache_mapper
@@ -401,6 +401,11 @@ class Master:
             # Serve on for a moment while the routers drop this node, then stop gracefully.
             self.deferred_stop = time.monotonic() + UNSUBSCRIBE_GRACE_S
             return
+        if signum == signal.SIGHUP:
+            try:
+                reopen_logs(self.config.logto, self.config.daemonize)
+            except OSError as exc:
+                log.warning("cannot reopen the log file: %s; logging goes on to the old one", exc)
         was_stopping = self.arbiter.stopping
         self.arbiter.handle_signal(signum)
         if subscriber is None:
