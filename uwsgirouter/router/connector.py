@@ -46,6 +46,7 @@ class Connector:
         "bfd",
         "bmask",
         "body",
+        "broken",
         "cfd",
         "client",
         "client_eof",
@@ -76,6 +77,7 @@ class Connector:
     to_backend: bytearray
     client_eof: bool
     resent: bool
+    broken: Node | None
     last_active: float
     body: BodyBuffer | None
 
@@ -125,6 +127,12 @@ class Connector:
         picked = worker.mapper.pick(self.key, self.tried, worker.now)
         if picked is None and not attempts and worker.fallback_on_no_key and fallbacks:
             return fallbacks[0]
+        if picked is None and self.broken is not None:
+            # No other node: the one that broke is tried again. Gone for good, it refuses the connect and is
+            # marked dead (then cheap mode may hand the request to the local app); alive, it may answer now.
+            picked, self.broken = self.broken, None
+            self.tried.remove(picked)
+            return picked
         if picked is None:
             local = worker.no_live_node()
             if local is not None and local not in self.tried:

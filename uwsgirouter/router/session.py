@@ -76,6 +76,7 @@ class Session(Connector):
         self.after_body = bytearray()  # client bytes that arrived after a post-buffered body
         self.last_active = worker.now
         self.resent = False  # the request went to a second node after the first broke without answering
+        self.broken = None  # that first node, tried again only when no other is left
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -334,7 +335,7 @@ class Session(Connector):
         That says something about this request (a header too large for the node's buffer, an app that
         crashed on it), not about the node's health: the node is not marked dead, so one bad request
         cannot take every node out. A node that is really gone refuses the next connect and is marked
-        then. The request is sent once more, to the next node the mapper picks (possibly the same one), if it
+        then. The request is sent once more, to another node (the same one only when no other is left), if it
         can be sent again unchanged (an idempotent method without a body, nothing answered yet): a node
         killed mid-request costs no request, and a request that breaks nodes reaches two at most.
         """
@@ -348,9 +349,8 @@ class Session(Connector):
             )
             self._drop_backend()
             worker.mapper.done(node)
-            # The node may be picked again: if it is really gone, that connect is refused and marks it
-            # dead (so cheap mode can hand the request to the local app); if not, it answers this time.
-            self.tried.remove(node)
+            # Another node first; this one again only if there is no other (see Connector._choose).
+            self.broken = node
             self._connect_next()
             return
         worker.notes.warning("key %s: node %s %s", printable(self.key), name, reason)
