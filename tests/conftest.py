@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import ProcessManager
+from tests.support import ProcessManager, short_unix_dir
 
 
 @pytest.fixture
@@ -16,3 +17,13 @@ def procs(tmp_path: Path) -> Iterator[ProcessManager]:
         yield manager
     finally:
         manager.stop_all()
+
+
+@pytest.fixture
+def unix_dir() -> Iterator[Path]:
+    """A fresh short directory under /tmp for UNIX socket paths (tmp_path may exceed AF_UNIX's 107 bytes)."""
+    path = short_unix_dir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -4,27 +4,16 @@ an unexpected exception in a master-side handler is logged and survived."""
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import ProcessManager, free_port, short_unix_dir, uwsgi_packet, wait_until
+from tests.support import ProcessManager, free_port, uwsgi_packet, wait_until
 from uwsgirouter.master import Master
 from uwsgirouter.ratelog import LogLimiter
 
 LOOPBACK = "127.0.0.1"
-
-
-@pytest.fixture
-def unix_dir() -> Iterator[Path]:
-    path = short_unix_dir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def announce(key: str, address: str) -> bytes:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 import signal
 import socket
 import stat
@@ -30,22 +29,12 @@ from tests.support import (
     read_all,
     request_vars,
     router_worker,
-    short_unix_dir,
     uwsgi_packet,
     uwsgi_request,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def unix_dir() -> Iterator[Path]:
-    path = short_unix_dir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:

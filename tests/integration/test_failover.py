@@ -6,8 +6,6 @@ See docs/differences.md, "Routing failure" and "Missing UNIX-socket backend".
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from tests.support import (
     free_port,
     log_lines,
     request_vars,
-    short_unix_dir,
     uwsgi_request,
     wait_until,
 )
@@ -39,15 +36,6 @@ class Nodes:
 
     def dead(self, kind: str) -> str:
         return self.dead_tcp if kind == "tcp" else self.dead_unix
-
-
-@pytest.fixture
-def unix_dir() -> Iterator[Path]:
-    path = short_unix_dir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ keys would resolve to (outside the base directory and in its subdirectories); no
 from __future__ import annotations
 
 import re
-import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,6 @@ from tests.support import (
     log_lines,
     request_vars,
     router_worker,
-    short_unix_dir,
     uwsgi_request,
     wait_until,
 )
@@ -42,15 +39,6 @@ HOSTILE_KEYS: dict[str, tuple[str, ...]] = {
     ".": (".",),
     "a\\b": ("a\\x5cb", "a\\x5Cb", "a\\\\b"),
 }
-
-
-@pytest.fixture
-def unix_dir() -> Iterator[Path]:
-    path = short_unix_dir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def trap(path: Path) -> socket.socket:
