@@ -27,6 +27,8 @@ def test_sighup_reopens_the_log_file_after_rotation(procs: ProcessManager, tmp_p
     log_file.rename(rotated)
     router.signal(signal.SIGHUP)
     wait_until(lambda: log_file.exists() and "graceful reload" in log_file.read_text(), 10, what="a new log file")
+    # the old router worker (which keeps the old file until it exits) is gone: only the new one serves
+    wait_until(lambda: "exited" in log_file.read_text(), 15, what="the old router worker to leave")
     # the new router worker logs there too (a request for a node that refuses: one line)
     assert uwsgi_request(("127.0.0.1", port), request_vars(host="after.rotation")).status == 502
     wait_until(lambda: "after.rotation" in log_file.read_text(), 10, what="the new worker's line")
