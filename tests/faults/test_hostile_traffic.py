@@ -266,13 +266,11 @@ def test_descriptor_exhaustion_keeps_serving_reports_once_a_second_and_never_spi
     router = start_router_with_nofile(procs, 64, "--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-to", backend)
     wait_until(lambda: can_connect(address) or not router.alive(), 15, what="the router")
     worker = router_worker(router)
-    wait_until(lambda: worker.num_fds() >= 7, 5, what="the router worker's loop")
-    baseline = worker.num_fds()
     # One client that got in first keeps its session; then enough stalled clients to use every descriptor.
-    early = connect(address)
-    early.sendall(uwsgi_packet(request_vars(host="early"))[:1])
-    wait_until(lambda: worker.num_fds() > baseline, 5, what="the router to take the early client")
-    with early, clients(100, first_byte=True):
+    with connect(address) as early, ExitStack() as stack:
+        early.sendall(uwsgi_packet(request_vars(host="early"))[:1])
+        wait_until(lambda: holds(worker, early), 10, what="the router to take the early client")
+        stack.enter_context(clients(100, first_byte=True))
         wait_until(lambda: "descriptor limit reached" in router.log(), 10, what="the limit line")
         cpu_before = sum(worker.cpu_times()[:2])
         time.sleep(3.0)  # the behaviour under test: what the router does while it stays at its limit
@@ -364,3 +362,8 @@ def test_kill9_of_one_of_two_nodes_under_load_fails_no_request(procs: ProcessMan
             thread.join(10)
     failed = [status for status in results if status != 200]
     assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:10]}"
+
+
+def holds(worker: psutil.Process, client: socket.socket) -> bool:
+    """Whether the router worker has accepted ``client`` (it holds the other end of its connection)."""
+    return any(conn.raddr and conn.raddr == client.getsockname() for conn in worker.net_connections(kind="tcp"))
