@@ -9,6 +9,7 @@ Plus descriptor exhaustion: the router keeps serving what it has, says so once a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -125,7 +126,9 @@ def test_a_get_is_resent_once_when_its_node_breaks_without_answering(procs: Proc
 
 
 @contextmanager
-def clients(count: int, first_byte: bool = False, deadline_s: float = 60.0) -> Iterator[list[socket.socket]]:
+def clients(
+    address: tuple[str, int], count: int, first_byte: bool = False, deadline_s: float = 60.0
+) -> Iterator[list[socket.socket]]:
     """``count`` connected, idle client sockets (bounded in count and time), closed on exit.
 
     The router's listeners use TCP_DEFER_ACCEPT (as uWSGI's): a connection that has sent nothing is handed
@@ -138,7 +141,7 @@ def clients(count: int, first_byte: bool = False, deadline_s: float = 60.0) -> I
         for _ in range(count):
             sock = stack.enter_context(socket.socket())
             sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", CLIENT_PORT[0]))
+            sock.connect_ex(address)
             if first_byte:
                 sock.setblocking(True)
                 sock.send(b"\x00")
@@ -147,12 +150,7 @@ def clients(count: int, first_byte: bool = False, deadline_s: float = 60.0) -> I
         yield socks
 
 
-CLIENT_PORT = [0]
-
-
 def stats_sessions(stats: tuple[str, int]) -> int:
-    import json
-
     with connect(stats) as sock:
         return int(json.loads(read_all(sock))["active_sessions"])
 
@@ -161,14 +159,13 @@ def test_10000_idle_clients_are_all_accepted_and_valid_requests_still_answered(p
     backend = two_backends(procs)[0]
     port, stats_port = free_port(), free_port()
     address = (LOOPBACK, port)
-    CLIENT_PORT[0] = port
     procs.router("--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-to", backend, "--listen", "4096",
                  "--fastrouter-stats", f"{LOOPBACK}:{stats_port}", wait_for=address)  # fmt: skip
     with ExitStack() as stack:
         # In batches, as real clients arrive: 10 000 SYNs at once overflow any accept queue (the kernel
         # then retries the dropped ones after 1, 3, 7 ... seconds), which says nothing about the router.
         for batch in range(10):
-            stack.enter_context(clients(1000, first_byte=True))
+            stack.enter_context(clients(address, 1000, first_byte=True))
             wanted = (batch + 1) * 1000
             wait_until(lambda wanted=wanted: stats_sessions((LOOPBACK, stats_port)) >= wanted, 30, what=f"{wanted}")
         started = time.monotonic()
@@ -182,10 +179,9 @@ def test_4200_trickling_clients_do_not_hold_the_router(procs: ProcessManager) ->
     backend = two_backends(procs)[0]
     port = free_port()
     address = (LOOPBACK, port)
-    CLIENT_PORT[0] = port
     procs.router("--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-to", backend, "--listen", "4096",
                  wait_for=address)  # fmt: skip
-    with clients(4200, first_byte=True):
+    with clients(address, 4200, first_byte=True):
         for _ in range(5):
             started = time.monotonic()
             assert uwsgi_request(address, request_vars(host="valid"), timeout=5).status == 200
@@ -222,10 +218,9 @@ def test_an_explicit_session_cap_is_honoured_and_reported_once_a_second(procs: P
     backend = two_backends(procs)[0]
     port = free_port()
     address = (LOOPBACK, port)
-    CLIENT_PORT[0] = port
     router = procs.router("--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-to", backend,
                           "--fastrouter-events", "5", wait_for=address)  # fmt: skip
-    with clients(5, first_byte=True), connect(address, timeout=1.5) as sixth:
+    with clients(address, 5, first_byte=True), connect(address, timeout=1.5) as sixth:
         sixth.sendall(uwsgi_packet(request_vars(host="sixth")))
         with pytest.raises(TimeoutError):
             sixth.recv(1)  # not accepted while five sessions are open
@@ -262,7 +257,6 @@ def test_descriptor_exhaustion_keeps_serving_reports_once_a_second_and_never_spi
     backend = two_backends(procs)[0]
     port = free_port()
     address = (LOOPBACK, port)
-    CLIENT_PORT[0] = port
     router = start_router_with_nofile(procs, 64, "--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-to", backend)
     wait_until(lambda: can_connect(address) or not router.alive(), 15, what="the router")
     worker = router_worker(router)
@@ -270,7 +264,7 @@ def test_descriptor_exhaustion_keeps_serving_reports_once_a_second_and_never_spi
     with connect(address) as early, ExitStack() as stack:
         early.sendall(uwsgi_packet(request_vars(host="early"))[:1])
         wait_until(lambda: holds(worker, early), 10, what="the router to take the early client")
-        stack.enter_context(clients(100, first_byte=True))
+        stack.enter_context(clients(address, 100, first_byte=True))
         wait_until(lambda: "descriptor limit reached" in router.log(), 10, what="the limit line")
         cpu_before = sum(worker.cpu_times()[:2])
         time.sleep(3.0)  # the behaviour under test: what the router does while it stays at its limit
@@ -310,11 +304,10 @@ def test_requests_that_find_no_descriptor_for_their_node_wait_for_one(procs: Pro
     backend = f"{LOOPBACK}:{backend_port}"
     procs.uwsgi_backend(backend, "slow", "--threads", "40", wait_for=(LOOPBACK, backend_port))
     address = (LOOPBACK, port)
-    CLIENT_PORT[0] = port
     router = start_router_with_nofile(procs, 64, "--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-to", backend)
     wait_until(lambda: can_connect(address) or not router.alive(), 15, what="the router")
     packet = uwsgi_packet(request_vars(host="many", path="/sleep/0.3"))
-    with clients(30, first_byte=True) as held:
+    with clients(address, 30, first_byte=True) as held:
         wait_until(lambda: "descriptor limit reached" in router.log(), 10, what="every descriptor in use")
         for sock in held:
             sock.sendall(packet[1:])

@@ -14,7 +14,6 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from tests.support import (
     group_members,
     http_get,
     request_vars,
-    short_unix_dir,
     uwsgi_request,
     wait_until,
 )
@@ -128,15 +126,6 @@ def write_site(directory: Path) -> Site:
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
     return write_site(tmp_path / "site")
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    path = short_unix_dir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -446,9 +435,9 @@ def test_sighup_under_wrk_load_loses_nothing(procs: ProcessManager, site: Site) 
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_clean(
-    procs: ProcessManager, site: Site, sockdir: Path, tmp_path: Path
+    procs: ProcessManager, site: Site, unix_dir: Path, tmp_path: Path
 ) -> None:
-    app_sock, router_sock, pidfile = str(sockdir / "app.sock"), str(sockdir / "router.sock"), tmp_path / "m.pid"
+    app_sock, router_sock, pidfile = str(unix_dir / "app.sock"), str(unix_dir / "router.sock"), tmp_path / "m.pid"
     proc = procs.router(
         "--fastrouter",
         router_sock,
@@ -473,7 +462,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_clean(
     wait_until(lambda: "new requests get 503" in proc.log(), 2, what="the router to start draining")
     draining = uwsgi_request(router_sock)
     assert draining.status == 503, draining.raw
-    assert b"127.0.0.1" not in draining.raw and sockdir.name.encode() not in draining.raw  # no internal address
+    assert b"127.0.0.1" not in draining.raw and unix_dir.name.encode() not in draining.raw  # no internal address
 
     response = slow.join(6)
     assert response is not None and response.status == 200, (slow.error, proc.log())

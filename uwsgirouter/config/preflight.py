@@ -11,6 +11,7 @@ import grp
 import os
 import pwd
 import stat
+from collections.abc import Callable
 
 from uwsgirouter.config.model import Config
 from uwsgirouter.errors import ConfigError
@@ -40,25 +41,23 @@ def _within(base: str | None, path: str) -> str:
 
 
 def _user(option: str, value: str | None) -> int | None:
-    if value is None:
-        return None
-    if value.isdigit():
-        return int(value)
-    try:
-        return pwd.getpwnam(value).pw_uid
-    except KeyError:
-        raise ConfigError(f"--{option} {value}: no such user") from None
+    return _lookup(option, value, "user", lambda name: pwd.getpwnam(name).pw_uid)
 
 
 def _group(option: str, value: str | None) -> int | None:
+    return _lookup(option, value, "group", lambda name: grp.getgrnam(name).gr_gid)
+
+
+def _lookup(option: str, value: str | None, what: str, by_name: Callable[[str], int]) -> int | None:
+    """A numeric id as given (uWSGI takes any number), a name through the system's database."""
     if value is None:
         return None
     if value.isdigit():
         return int(value)
     try:
-        return grp.getgrnam(value).gr_gid
+        return by_name(value)
     except KeyError:
-        raise ConfigError(f"--{option} {value}: no such group") from None
+        raise ConfigError(f"--{option} {value}: no such {what}") from None
 
 
 def _writable_file(option: str, path: str, uid: int | None, gid: int | None) -> None:

@@ -11,9 +11,8 @@ as ASCII decimal::
 ``sign`` is an RSA signature over the var bytes from offset 4 up to the start of the ``sign`` record,
 so it must be the last var. Unknown vars (uWSGI 2.1's ``algo``, ``backup``, ...) are ignored.
 
-Unlike uWSGI, decoding is strict (docs/differences.md, "Subscription packets"): uWSGI overflows its key buffer on keys
-over 255
-bytes and reads numbers without validation. Every rejection is a ``RemoteProtocolError`` whose
+Unlike uWSGI, decoding is strict (docs/differences.md, "Subscription packets"): uWSGI overflows its key
+buffer on keys over 255 bytes and reads numbers without validation. Every rejection is a ``RemoteProtocolError`` whose
 message names the var and shows at most 40 bytes of the offending value, fit for a log line.
 """
 

@@ -1,9 +1,9 @@
 """Choosing a node and connecting to it: the part of a session between the head and the relay.
 
 A mixin of ``Session`` (which owns the state, see its ``__slots__``). Connect failures, on UNIX and TCP
-nodes alike (docs/differences.md, "Missing UNIX-socket backend"), mark the node with its mapper and move on to the next
-node or fallback,
-up to ``--fastrouter-max-retries`` retries; then the client gets a 502 (docs/differences.md, "Routing failure").
+nodes alike (docs/differences.md, "Missing UNIX-socket backend"), mark the node with its mapper and move on
+to the next node or fallback, up to ``--fastrouter-max-retries`` retries; then the client gets a 502
+(docs/differences.md, "Routing failure").
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class Connector:
             self._reply_error(503, "the router is shutting down")
             return
         if not self.key:
-            worker.note("request without a key (UWSGI_FASTROUTER_KEY, HTTP_HOST or SERVER_NAME): answered 502")
+            worker.notes.warning("request without a key (UWSGI_FASTROUTER_KEY, HTTP_HOST or SERVER_NAME): answered 502")
             self._reply_error(502, "the request names no host")
             return
         self._connect_next()
@@ -144,20 +144,22 @@ class Connector:
             try:
                 node = self._choose()
             except UnsafeKey as exc:
-                self.worker.note("key %s refused: %s; answered 502", printable(self.key), exc)
+                self.worker.notes.warning("key %s refused: %s; answered 502", printable(self.key), exc)
                 self._reply_error(502, f"no node for key {printable(self.key)}")
                 return
             if node is None:
                 if self.tried:
                     self._reply_error(502, f"no node could be reached for key {printable(self.key)}")
                 else:
-                    self.worker.note("key %s: no node; answered 502", printable(self.key))
+                    self.worker.notes.warning("key %s: no node; answered 502", printable(self.key))
                     self._reply_error(502, f"no node for key {printable(self.key)}")
                 return
             self.tried.append(node)
             self.node = node
             if node.sockaddr in self.worker.own_addresses and node is not self.worker.local_node:
-                self.worker.note("key %s: node %s is this router itself; skipped", printable(self.key), node.name)
+                self.worker.notes.warning(
+                    "key %s: node %s is this router itself; skipped", printable(self.key), node.name
+                )
                 self.worker.mapper.failed(node, self.worker.now)
                 continue
             try:
@@ -244,7 +246,7 @@ class Connector:
         node.stats.failures += 1
         self.worker.mapper.failed(node, self.worker.now)
         if not self.worker.quiet:
-            self.worker.note(
+            self.worker.notes.warning(
                 "key %s: unable to connect to node %s (%d retries): %s",
                 printable(self.key),
                 node.name,

@@ -321,8 +321,10 @@ class Session(Connector):
                 return
 
     def _shutdown_backend(self) -> None:
-        """The client half-closed after its request: pass the EOF on, keep waiting for the answer (docs/differences.md,
-        "Client that half-closes")."""
+        """The client half-closed after its request: pass the EOF on, keep waiting for the answer.
+
+        (docs/differences.md, "Client that half-closes")
+        """
         assert self.backend is not None
         try:
             self.backend.shutdown(socket.SHUT_WR)

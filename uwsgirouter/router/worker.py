@@ -187,27 +187,26 @@ class RouterWorker:
         if not self.accepting:
             self._resume_accepting()
 
-    def note(self, message: str, *args: object) -> None:
-        """A warning about one request (no node, refused key): rate-limited, so a flood of bad requests
-        cannot flood the log."""
-        self.notes.warning(message, *args)
+    def _full(self) -> bool:
+        """At --fastrouter-events sessions, at the descriptor budget, or with requests waiting for a descriptor."""
+        sessions = len(self.sessions)
+        return sessions >= self.max_sessions or sessions + self.backends >= self.fd_limit or bool(self.fd_waiters)
 
     def _room_to_accept(self) -> bool:
-        """Whether one more client fits: under --fastrouter-events and within the descriptor budget."""
-        sessions = len(self.sessions)
-        if sessions >= self.max_sessions:
+        """Whether one more client fits; if not, say why (at most once a second)."""
+        if not self._full():
+            return True
+        if len(self.sessions) >= self.max_sessions:
             self.limit_notes.warning(
                 "%d sessions (--fastrouter-events): not accepting until one ends", self.max_sessions
             )
-            return False
-        if sessions + self.backends >= self.fd_limit or self.fd_waiters:
+        else:
             self.limit_notes.warning(
                 "descriptor limit reached (%d sessions, %d backend connections): not accepting until one ends",
-                sessions,
+                len(self.sessions),
                 self.backends,
             )
-            return False
-        return True
+        return False
 
     # -- accepting -------------------------------------------------------------------------------
 
@@ -299,8 +298,7 @@ class RouterWorker:
     def _resume_accepting(self) -> None:
         if self.accepting or self.is_cheap or self.door_closed_at or self.now < self.accept_paused_until:
             return
-        sessions = len(self.sessions)
-        if sessions >= self.max_sessions or sessions + self.backends >= self.fd_limit or self.fd_waiters:
+        if self._full():
             return
         for listener in self.listeners:
             self.ep.modify(listener.fileno(), EPOLLIN)

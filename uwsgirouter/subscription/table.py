@@ -1,8 +1,7 @@
 """The node table: which nodes serve which key, kept by the master. Pure logic, time passed in.
 
-Semantics follow uWSGI 2.0 (core/subscription.c) with the deliberate differences of docs/differences.md ("Subscription
-packets", "Node expiry"):
-a subscribe adds a node or refreshes it (cores, load, weight; a death mark is cleared; modifier1 and
+Semantics follow uWSGI 2.0 (core/subscription.c) with the deliberate differences of docs/differences.md
+("Subscription packets", "Node expiry"): a subscribe adds a node or refreshes it (cores, load, weight; a death mark is cleared; modifier1 and
 modifier2 stay as first announced, as in uWSGI); an unsubscribe removes it; a node not announced for
 ``tolerance`` seconds is removed by the master's timer (uWSGI only checks when a request comes); a
 connect failure reported by a router marks the node dead until its next announce.
