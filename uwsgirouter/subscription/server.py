@@ -1,9 +1,9 @@
 """The subscription server, run by the master: UDP (or UNIX datagram) sockets -> node table -> image.
 
 Datagrams are decoded strictly (docs/differences.md, "Subscription packets"); a rejected one is counted
-and reported in at most one log line per second. Failure reports from router workers arrive on a datagram socketpair. After each
-batch the table is published to the shared-memory image if it changed, and once a second nodes that
-stopped announcing are expired (docs/differences.md, "Node expiry").
+and reported in at most one log line per second. Failure reports from router workers arrive on a datagram
+socketpair. After each batch the table is published to the shared-memory image if it changed, and once a
+second nodes that stopped announcing are expired (docs/differences.md, "Node expiry").
 """
 
 from __future__ import annotations

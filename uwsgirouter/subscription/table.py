@@ -1,10 +1,11 @@
 """The node table: which nodes serve which key, kept by the master. Pure logic, time passed in.
 
 Semantics follow uWSGI 2.0 (core/subscription.c) with the deliberate differences of docs/differences.md
-("Subscription packets", "Node expiry"): a subscribe adds a node or refreshes it (cores, load, weight; a death mark is cleared; modifier1 and
-modifier2 stay as first announced, as in uWSGI); an unsubscribe removes it; a node not announced for
-``tolerance`` seconds is removed by the master's timer (uWSGI only checks when a request comes); a
-connect failure reported by a router marks the node dead until its next announce.
+("Subscription packets", "Node expiry"): a subscribe adds a node or refreshes it (cores, load, weight; a
+death mark is cleared; modifier1 and modifier2 stay as first announced, as in uWSGI); an unsubscribe
+removes it; a node not announced for ``tolerance`` seconds is removed by the master's timer (uWSGI only
+checks when a request comes); a connect failure reported by a router marks the node dead until its next
+announce.
 
 Capacity is bounded (keys and addresses are at most 255 bytes, so memory is too), and a flood cannot fill
 it for others: when the table is full, a new key or node takes the place of a key that never carried a
