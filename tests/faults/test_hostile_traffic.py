@@ -161,6 +161,7 @@ def test_10000_idle_clients_are_all_accepted_and_valid_requests_still_answered(p
     address = (LOOPBACK, port)
     procs.router("--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-to", backend, "--listen", "4096",
                  "--fastrouter-stats", f"{LOOPBACK}:{stats_port}", wait_for=address)  # fmt: skip
+    wait_until(lambda: can_connect((LOOPBACK, stats_port)), 10, what="the stats server")
     with ExitStack() as stack:
         # In batches, as real clients arrive: 10 000 SYNs at once overflow any accept queue (the kernel
         # then retries the dropped ones after 1, 3, 7 ... seconds), which says nothing about the router.
@@ -286,6 +287,7 @@ def test_a_node_that_is_the_router_itself_is_refused_not_looped(procs: ProcessMa
     address = (LOOPBACK, port)
     router = procs.router("--fastrouter", f":{port}", "--fastrouter-subscription-server", f"{LOOPBACK}:{sub_port}",
                           "--fastrouter-stats", f"{LOOPBACK}:{stats_port}", wait_for=address)  # fmt: skip
+    wait_until(lambda: can_connect((LOOPBACK, stats_port)), 10, what="the stats server")
     node = f"{LOOPBACK}:{port}" if announced == "own" else f":{port}"
     pairs = {"key": "loop.example", "address": node, "modifier1": "0", "modifier2": "0"}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

@@ -16,6 +16,7 @@ import pytest
 from tests.support import (
     Proc,
     ProcessManager,
+    can_connect,
     connect,
     free_port,
     log_lines,
@@ -86,6 +87,8 @@ def start(procs: ProcessManager, *extra: str) -> tuple[Proc, tuple[str, int], tu
         "--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-subscription-server", f"{LOOPBACK}:{sub_port}",
         "--fastrouter-stats", f"{LOOPBACK}:{stats_port}", *extra, wait_for=(LOOPBACK, port),
     )  # fmt: skip
+    # The stats listener is bound just after the router's: wait for it too.
+    wait_until(lambda: can_connect((LOOPBACK, stats_port)), 10, what="the stats server")
     return router, (LOOPBACK, port), (LOOPBACK, sub_port), (LOOPBACK, stats_port), f"{LOOPBACK}:{backend_port}"
 
 
