@@ -33,6 +33,8 @@ from uwsgirouter.router.code_mapper import CodeMapper, load_mapper_function
 from uwsgirouter.router.mappers import Mapper, build_mapper
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.worker import RouterWorker
+from uwsgirouter.services import Lifecycle, Service
+from uwsgirouter.services.registry import build_services
 from uwsgirouter.sock import Listener, bind_listener
 from uwsgirouter.subscription.client import Subscriber, parse_subscribe2, parse_subscribe_to
 from uwsgirouter.subscription.image import TableImage
@@ -193,6 +195,9 @@ class Master:
             build_cache_mapper(self.caches, config.fastrouter_use_cache)  # fail now if the cache is missing
         install_cache(self.caches)
         self._run_master_python(config, apps)
+        self.services: list[Service] = []
+        self.lifecycle: Lifecycle | None = None
+        self.reopen_requested = False
 
     def _run_master_python(self, config: Config, apps: int) -> None:
         """Python the master runs before forking, with ``import uwsgi`` available (uWSGI does the same):
@@ -354,8 +359,46 @@ class Master:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.pending.append(signum)
 
+    # -- what services may ask (MasterControl) ---------------------------------------------------
+
+    def request_reload(self) -> None:
+        self.pending.append(signal.SIGHUP)
+
+    def request_stop(self, graceful: bool) -> None:
+        self.pending.append(signal.SIGTERM if graceful else signal.SIGINT)
+
+    def request_log_reopen(self) -> None:
+        self.reopen_requested = True
+
+    def _reopen_logs(self) -> None:
+        try:
+            reopen_logs(self.config.logto, self.config.daemonize)
+        except OSError as exc:
+            log.warning("cannot reopen the log file: %s; logging goes on to the old one", exc)
+
+    def _advance_lifecycle(self) -> None:
+        """Tell every service when the instance becomes ready, reloads, is reloaded, or stops."""
+        arbiter = self.arbiter
+        workers = arbiter.workers.values()
+        if arbiter.stopping or self.deferred_stop:
+            phase = Lifecycle.STOPPING
+        elif arbiter.reloading:
+            phase = Lifecycle.RELOADING
+        elif self.lifecycle in (Lifecycle.RELOADING, Lifecycle.RELOADED):
+            phase = Lifecycle.RELOADED
+        elif len(workers) == arbiter.routers + arbiter.apps and all(w.booted for w in workers):
+            phase = Lifecycle.READY
+        else:
+            return
+        if phase is self.lifecycle or self.lifecycle is Lifecycle.STOPPING:
+            return
+        self.lifecycle = phase
+        for service in self.services:
+            self._guarded(service.name, service.on_lifecycle, phase)
+
     def run(self) -> int:
         _title(self.config, "master", self.config.procname_master or self.config.procname)
+        self.services = build_services(self)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for master_signal in MASTER_SIGNALS:
             signal.signal(master_signal, self._on_signal)
@@ -366,7 +409,8 @@ class Master:
             while not arbiter.finished:
                 busy = arbiter.reloading or arbiter.respawns or arbiter.stopping or self.deferred_stop
                 publishing = self.server is not None and self.server.publish_pending
-                self._wait(0.05 if publishing else 0.1 if busy else 1.0)
+                booting = self.lifecycle is None
+                self._wait(0.05 if publishing else 0.1 if busy or booting else 1.0)
                 if publishing and self.server is not None:
                     self._guarded("publishing the node table", self.server.publish)
                 signals, self.pending = self.pending, []
@@ -375,9 +419,17 @@ class Master:
                 if self.deferred_stop and time.monotonic() >= self.deferred_stop:
                     self.deferred_stop = 0.0
                     arbiter.handle_signal(signal.SIGTERM)
+                if self.reopen_requested:
+                    self.reopen_requested = False
+                    self._reopen_logs()
                 arbiter.reap()
                 arbiter.tick()
+                self._advance_lifecycle()
                 now = time.monotonic()
+                for service in self.services:
+                    due = service.next_due()
+                    if due is not None and due <= now:
+                        self._guarded(service.name, service.tick, now)
                 if self.subscriber is not None and not arbiter.stopping and not self.deferred_stop:
                     self._guarded("announcing subscriptions", self.subscriber.tick, now)
                 if self.server is not None and now >= next_second:
@@ -387,6 +439,8 @@ class Master:
             return 0
         finally:
             self._kill_leftovers()
+            for service in self.services:
+                self._guarded(service.name, service.close)
             if self.subscriber is not None:
                 self.subscriber.close()
             self.sockets.close()
@@ -402,10 +456,7 @@ class Master:
             self.deferred_stop = time.monotonic() + UNSUBSCRIBE_GRACE_S
             return
         if signum == signal.SIGHUP:
-            try:
-                reopen_logs(self.config.logto, self.config.daemonize)
-            except OSError as exc:
-                log.warning("cannot reopen the log file: %s; logging goes on to the old one", exc)
+            self._reopen_logs()
         was_stopping = self.arbiter.stopping
         self.arbiter.handle_signal(signum)
         if subscriber is None:
@@ -419,11 +470,17 @@ class Master:
     def _wait(self, timeout: float) -> None:
         """Sleep until a signal, a subscription datagram or a failure report arrives, or ``timeout``."""
         server = self.server
-        watched = [self._wakeup_r, *(server.filenos() if server is not None else ())]
+        owners = {fd: service for service in self.services for fd in service.filenos()}
+        watched = [self._wakeup_r, *(server.filenos() if server is not None else ()), *owners]
+        dues = [due for service in self.services if (due := service.next_due()) is not None]
+        if dues:
+            timeout = max(0.0, min(timeout, min(dues) - time.monotonic()))
         readable, _, _ = select.select(watched, [], [], timeout)
         now = time.monotonic()
         for fd in readable:
-            if fd == self._wakeup_r:
+            if fd in owners:
+                self._guarded(owners[fd].name, owners[fd].on_readable, fd, now)
+            elif fd == self._wakeup_r:
                 try:
                     while os.read(self._wakeup_r, 512):
                         pass

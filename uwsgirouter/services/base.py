@@ -1,0 +1,64 @@
+"""The interface between the master's loop and each master-side feature.
+
+The loop, once per turn: waits (``select``) on every service's ``filenos`` until the earliest
+``next_due``; calls ``on_readable`` for each descriptor that became readable and ``tick`` for each
+service that is due; tells every service of lifecycle changes with ``on_lifecycle``. Each call is
+guarded: an exception a service did not expect is logged with its traceback and the master goes on
+(one subsystem's bug must not stop the routing). A service asks the master for something (a reload, a
+stop, a log reopen) through ``MasterControl``; it never reaches into the master.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class Lifecycle(enum.Enum):
+    """What the master tells every service, in this order over an instance's life."""
+
+    READY = "ready"  #: every socket bound and the first generation of workers up
+    RELOADING = "reloading"  #: a graceful reload started (SIGHUP, fifo, touch-reload)
+    RELOADED = "reloaded"  #: the new generation serves
+    STOPPING = "stopping"  #: a stop started; workers are draining
+
+
+class MasterControl(Protocol):
+    """What a service may ask of the master; each call only records the wish, the loop acts on it."""
+
+    def request_reload(self) -> None:
+        """Graceful reload, as SIGHUP."""
+
+    def request_stop(self, graceful: bool) -> None:
+        """Graceful stop (as SIGTERM) or immediate stop (as SIGINT)."""
+
+    def request_log_reopen(self) -> None:
+        """Open the log files again by name."""
+
+
+class Service:
+    """Base class with do-nothing defaults; a feature overrides what it uses."""
+
+    #: named in the log line of an unexpected error ("unexpected error in the stats server")
+    name = "a master service"
+
+    def filenos(self) -> Sequence[int]:
+        """Descriptors the loop waits on for reading."""
+        return ()
+
+    def on_readable(self, fd: int, now: float) -> None:
+        """``fd`` (one of ``filenos``) is readable."""
+
+    def next_due(self) -> float | None:
+        """The ``time.monotonic()`` at which ``tick`` wants to run next; None when it has nothing to do."""
+        return None
+
+    def tick(self, now: float) -> None:
+        """Called once ``next_due`` has passed (and may be called more often)."""
+
+    def on_lifecycle(self, event: Lifecycle) -> None:
+        """The instance moved to a new phase of its life."""
+
+    def close(self) -> None:
+        """The master is leaving: release descriptors and files."""

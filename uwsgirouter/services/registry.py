@@ -1,0 +1,18 @@
+"""Which services a master runs, built from its configuration (one line per feature)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from uwsgirouter.services.base import Service
+
+if TYPE_CHECKING:
+    from uwsgirouter.master import Master
+
+
+def build_services(master: Master) -> list[Service]:
+    """The services ``master``'s configuration asks for, in the order the loop serves them. Each takes what it
+    needs from the master here, at construction (config, arbiter, sockets, heartbeats), and asks the master
+    for actions only through ``MasterControl`` (the master itself)."""
+    services: list[Service] = []
+    return services
