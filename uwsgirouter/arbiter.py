@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from uwsgirouter.errors import HaltServer
-from uwsgirouter.heartbeat import HeartbeatTable
+from uwsgirouter.heartbeat import Beat, HeartbeatTable
 from uwsgirouter.oscalls import OsCalls, describe_status, exit_code
 
 log = logging.getLogger("uwsgirouter.master")
@@ -70,6 +71,27 @@ class Worker:
 
 
 @dataclass(slots=True)
+class WorkerRecord:
+    """The history of one worker id (kind and number) across its processes, as uWSGI keeps it per worker id:
+    spawns, harakiris, and the counters of the processes that already exited (the stats server adds the
+    live one's)."""
+
+    respawn_count: int = 0
+    last_spawn: float = 0.0  #: wall-clock time of the latest spawn
+    harakiri_count: int = 0
+    requests: int = 0
+    exceptions: int = 0
+    tx: int = 0
+    running_us: int = 0
+
+    def add_exited(self, beat: Beat) -> None:
+        self.requests += beat.requests
+        self.exceptions += beat.exceptions
+        self.tx += beat.tx
+        self.running_us += beat.running_us
+
+
+@dataclass(slots=True)
 class _Respawn:
     kind: str
     number: int
@@ -99,6 +121,7 @@ class Arbiter:
     failures: dict[str, int] = field(default_factory=dict)
     respawns: list[_Respawn] = field(default_factory=list)
     booted_kinds: set[str] = field(default_factory=set)
+    records: dict[tuple[str, int], WorkerRecord] = field(default_factory=dict)
 
     # -- spawning -------------------------------------------------------------------------------
 
@@ -123,6 +146,9 @@ class Arbiter:
                 self.oscalls.exit(status)
         worker = Worker(spec, pid, self.oscalls.monotonic())
         self.workers[pid] = worker
+        record = self.records.setdefault((kind, number), WorkerRecord())
+        record.respawn_count += 1
+        record.last_spawn = time.time()
         return worker
 
     def spawn_all(self) -> None:
@@ -187,6 +213,9 @@ class Arbiter:
                 return
             worker = self.workers.pop(pid, None)
             if worker is not None:
+                beat = self.heartbeats.read(worker.spec.slot)
+                if beat is not None and beat.pid == pid:  # its last counters stay with its worker id
+                    self.records[worker.spec.kind, worker.spec.number].add_exited(beat)
                 self._worker_exited(worker, status)
 
     def _worker_exited(self, worker: Worker, status: int) -> None:
@@ -304,6 +333,7 @@ class Arbiter:
 
     def _harakiri(self, worker: Worker, why: str) -> None:
         log.error("HARAKIRI on %s %d (pid %d): %s", worker.spec.kind, worker.spec.number, worker.pid, why)
+        self.records[worker.spec.kind, worker.spec.number].harakiri_count += 1
         worker.killed = True
         self.oscalls.kill(worker.pid, signal.SIGKILL)
 
