@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from uwsgirouter.services.base import Service
+from uwsgirouter.services.notify import build_notifier
 
 if TYPE_CHECKING:
     from uwsgirouter.master import Master
@@ -15,4 +16,6 @@ def build_services(master: Master) -> list[Service]:
     needs from the master here, at construction (config, arbiter, sockets, heartbeats), and asks the master
     for actions only through ``MasterControl`` (the master itself)."""
     services: list[Service] = []
+    if notifier := build_notifier(master):
+        services.append(notifier)
     return services
