@@ -266,6 +266,7 @@ class Master:
             force_modifier1=config.subscribe_with_modifier1,
             blocked=config.start_unsubscribed,
             notify=str(config.subscription_notify_socket) if config.subscription_notify_socket else None,
+            unsubscribe_on_reload=config.unsubscribe_on_graceful_reload,
         )
 
     # -- configuration reload ---------------------------------------------------------------------
@@ -398,21 +399,17 @@ class Master:
 
     def run(self) -> int:
         _title(self.config, "master", self.config.procname_master or self.config.procname)
-        self.services = build_services(self)
+        own: list[Service] = [service for service in (self.server, self.subscriber) if service is not None]
+        self.services = own + build_services(self)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for master_signal in MASTER_SIGNALS:
             signal.signal(master_signal, self._on_signal)
         arbiter = self.arbiter
-        next_second = 0.0
         try:
             arbiter.spawn_all()
             while not arbiter.finished:
                 busy = arbiter.reloading or arbiter.respawns or arbiter.stopping or self.deferred_stop
-                publishing = self.server is not None and self.server.publish_pending
-                booting = self.lifecycle is None
-                self._wait(0.05 if publishing else 0.1 if busy or booting else 1.0)
-                if publishing and self.server is not None:
-                    self._guarded("publishing the node table", self.server.publish)
+                self._wait(0.1 if busy or self.lifecycle is None else 1.0)
                 signals, self.pending = self.pending, []
                 for signum in signals:
                     self._handle_signal(signum)
@@ -430,19 +427,12 @@ class Master:
                     due = service.next_due()
                     if due is not None and due <= now:
                         self._guarded(service.name, service.tick, now)
-                if self.subscriber is not None and not arbiter.stopping and not self.deferred_stop:
-                    self._guarded("announcing subscriptions", self.subscriber.tick, now)
-                if self.server is not None and now >= next_second:
-                    next_second = now + 1.0
-                    self._guarded("the subscription server's timer", self.server.tick, now)
             log.info("goodbye")
             return 0
         finally:
             self._kill_leftovers()
             for service in self.services:
                 self._guarded(service.name, service.close)
-            if self.subscriber is not None:
-                self.subscriber.close()
             self.sockets.close()
 
     def _handle_signal(self, signum: int) -> None:
@@ -451,27 +441,20 @@ class Master:
         announcing = subscriber is not None and not subscriber.blocked and bool(subscriber.targets)
         if signum == signal.SIGTERM and announcing and not self.arbiter.stopping and not self.deferred_stop:
             assert subscriber is not None
-            subscriber.unsubscribe()
+            subscriber.stop_announcing()
             # Serve on for a moment while the routers drop this node, then stop gracefully.
             self.deferred_stop = time.monotonic() + UNSUBSCRIBE_GRACE_S
+            self._advance_lifecycle()
             return
         if signum == signal.SIGHUP:
             self._reopen_logs()
-        was_stopping = self.arbiter.stopping
         self.arbiter.handle_signal(signum)
-        if subscriber is None:
-            return
-        if self.arbiter.stopping and not was_stopping and not self.deferred_stop:
-            subscriber.unsubscribe()
-        elif signum == signal.SIGHUP and self.config.unsubscribe_on_graceful_reload:
-            subscriber.unsubscribe()
-            subscriber.next_at = time.monotonic() + 1.0
+        self._advance_lifecycle()  # services hear of a stop or reload at once (subscribers unsubscribe first)
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a signal, a subscription datagram or a failure report arrives, or ``timeout``."""
-        server = self.server
         owners = {fd: service for service in self.services for fd in service.filenos()}
-        watched = [self._wakeup_r, *(server.filenos() if server is not None else ()), *owners]
+        watched = [self._wakeup_r, *owners]
         dues = [due for service in self.services if (due := service.next_due()) is not None]
         if dues:
             timeout = max(0.0, min(timeout, min(dues) - time.monotonic()))
@@ -486,12 +469,6 @@ class Master:
                         pass
                 except BlockingIOError:
                     pass
-            elif server is not None:
-                if server.reports is not None and fd == server.reports.fileno():
-                    self._guarded("reports from the routers", server.on_reports)
-                else:
-                    sock = next(s for s in server.sockets if s.fileno() == fd)
-                    self._guarded("the subscription server", server.on_readable, sock, now)
 
     def _guarded(self, what: str, handler: Callable[..., object], *args: object) -> None:
         """Run one master-side handler; an exception it did not expect is a bug in that subsystem, not a reason

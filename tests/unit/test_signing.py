@@ -410,7 +410,7 @@ def test_the_server_reads_credentials_on_unix_sockets(tmp_path: Path) -> None:
         server = SubscriptionServer([sock], NodeTable(), TableImage(1 << 16), guard=guard)
         client.sendto(packet(None, None), path)
         client.sendto(packet(None, None, subscription_key=b"nobody.org"), path)
-        server.on_readable(sock, 1.0)
+        server.receive(sock, 1.0)
         assert list(server.table.keys) == [KEY]
         assert server.rejected == 1
 

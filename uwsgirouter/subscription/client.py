@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from uwsgirouter.errors import ConfigError
 from uwsgirouter.protocol import Command, Subscription, encode_subscription
+from uwsgirouter.services.base import Lifecycle, Service
 
 log = logging.getLogger("uwsgirouter.subscription")
 
@@ -165,8 +166,11 @@ def _file_identity(path: str) -> tuple[int, int, int] | None:
     return (status.st_mtime_ns, status.st_size, status.st_ino)
 
 
-class Subscriber:
-    """Sends this instance's announces; the master calls ``tick`` every loop and ``unsubscribe`` at stop."""
+class Subscriber(Service):
+    """Sends this instance's announces (a master service): at start, then on its timer; unsubscribes when the
+    instance stops, and on a reload with ``unsubscribe_on_reload``."""
+
+    name = "announcing subscriptions"
 
     def __init__(
         self,
@@ -178,6 +182,7 @@ class Subscriber:
         force_modifier1: int | None = None,
         blocked: bool = False,
         notify: str | None = None,
+        unsubscribe_on_reload: bool = False,
     ) -> None:
         self.targets = list(targets)
         self.signers = {t: Signer(t.sign) for t in self.targets if t.sign}
@@ -188,6 +193,8 @@ class Subscriber:
         self.blocked = blocked
         self.notify = notify.encode() if notify else None
         self.next_at = 0.0
+        self.unsubscribe_on_reload = unsubscribe_on_reload
+        self.stopped = False
         self.sent_rounds = 0
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._udp.setblocking(False)
@@ -227,9 +234,25 @@ class Subscriber:
         except (OSError, ValueError) as exc:
             log.info("cannot announce %s to %s: %s", target.key, target.server, exc)
 
+    def next_due(self) -> float | None:
+        return None if self.blocked or self.stopped or not self.targets else self.next_at
+
+    def on_lifecycle(self, event: Lifecycle) -> None:
+        if event is Lifecycle.STOPPING:
+            self.stop_announcing()
+        elif event is Lifecycle.RELOADING and self.unsubscribe_on_reload:
+            self.unsubscribe()
+            self.next_at = time.monotonic() + 1.0
+
+    def stop_announcing(self) -> None:
+        """Unsubscribe once and announce no more: the instance is stopping."""
+        if not self.stopped:
+            self.unsubscribe()
+            self.stopped = True
+
     def tick(self, now: float) -> None:
         """At start, after one second, then every ``frequency`` seconds."""
-        if self.blocked or not self.targets or now < self.next_at:
+        if self.blocked or self.stopped or not self.targets or now < self.next_at:
             return
         self.send_all(Command.SUBSCRIBE)
         self.sent_rounds += 1

@@ -19,6 +19,7 @@ from uwsgirouter.address import AbstractAddress, Address, TcpAddress, UnixAddres
 from uwsgirouter.protocol import RemoteProtocolError, Subscription, decode_subscription, encode_subscription
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.responses import printable
+from uwsgirouter.services.base import Service
 from uwsgirouter.subscription.image import TableImage
 from uwsgirouter.subscription.table import Change, NodeTable
 
@@ -77,8 +78,11 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
             continue
 
 
-class SubscriptionServer:
-    """Owns the table; the master's loop calls ``on_readable``, ``on_reports`` and ``tick``."""
+class SubscriptionServer(Service):
+    """Owns the table; a master service: datagrams and router reports when readable, publication of the
+    table when a change is due, expiry once a second."""
+
+    name = "the subscription server"
 
     def __init__(
         self,
@@ -106,6 +110,7 @@ class SubscriptionServer:
         self.published_version: tuple[int, int] = (-1, -1)
         self.publish_pending = False  # a change waits for next_publish_at (the master's loop retries it)
         self.next_publish_at = 0.0
+        self.next_second = 0.0
         #: node events (new, back, gone, failed) and delivery problems: a flood of them is summarised
         self.events = LogLimiter(log)
         #: one datagram socket per address family the targets use (UDP v4/v6, UNIX paths and abstract names)
@@ -119,7 +124,24 @@ class SubscriptionServer:
         fds = [s.fileno() for s in self.sockets]
         return fds + ([self.reports.fileno()] if self.reports is not None else [])
 
-    def on_readable(self, sock: socket.socket, now: float) -> None:
+    def on_readable(self, fd: int, now: float) -> None:
+        if self.reports is not None and fd == self.reports.fileno():
+            self.on_reports()
+            return
+        self.receive(next(sock for sock in self.sockets if sock.fileno() == fd), now)
+
+    def next_due(self) -> float:
+        return min(self.next_second, self.next_publish_at) if self.publish_pending else self.next_second
+
+    def tick(self, now: float) -> None:
+        if self.publish_pending and now >= self.next_publish_at:
+            self.publish()
+        if now >= self.next_second:
+            self.next_second = now + 1.0
+            self.each_second(now)
+
+    def receive(self, sock: socket.socket, now: float) -> None:
+        """Every datagram waiting on ``sock`` (up to a batch), then one publication of the table."""
         if self.guard is not None and self.guard.reads_credentials(sock):
             self._on_readable_with_credentials(sock, now)
             return
@@ -246,7 +268,8 @@ class SubscriptionServer:
                 self.events.warning("%s => marking %s as failed", printable(key), printable(address))
         self.publish()
 
-    def tick(self, now: float) -> None:
+    def each_second(self, now: float) -> None:
+        """Rejection summary, signature counters, held-back log lines, and expiry of silent nodes."""
         self._report_rejected(now)
         if self.guard is not None:
             self.guard.tick(time.time())
