@@ -69,6 +69,7 @@ class Sockets:
         self.router: list[Listener] = []
         self.subscription: list[socket.socket] = []
         self.stats: Listener | None = None
+        self.master_stats: Listener | None = None
         self.subscription_paths: list[str] = []
         defer = 0 if config.no_defer_accept else config.socket_timeout
         try:
@@ -88,6 +89,9 @@ class Sockets:
             if config.fastrouter_stats is not None:
                 self.stats = self._bind(config.fastrouter_stats, config, 0)
                 log.info("fastrouter stats server bound on %s fd %d", self.stats.name, self.stats.fileno())
+            if config.stats is not None:
+                self.master_stats = self._bind(config.stats, config, 0)
+                log.info("stats server enabled on %s fd %d", self.master_stats.name, self.master_stats.fileno())
             for address in config.fastrouter_subscription_server:
                 try:
                     sock = bind_datagram(address)
@@ -122,7 +126,8 @@ class Sockets:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         seen: set[int] = set()
-        for listener in [*self.router, *self.app, *self.shared, *([self.stats] if self.stats else [])]:
+        stats = [s for s in (self.stats, self.master_stats) if s is not None]
+        for listener in [*self.router, *self.app, *self.shared, *stats]:
             if id(listener) not in seen:
                 seen.add(id(listener))
                 listener.close()
@@ -290,6 +295,8 @@ class Master:
         reset_signals()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
+        if self.sockets.master_stats is not None:
+            self.sockets.master_stats.sock.close()  # the master's alone (its file stays: no unlink)
         config = self.config
         label = f"{spec.kind} {spec.number}"
         set_process_label(label)
@@ -458,8 +465,11 @@ class Master:
         dues = [due for service in self.services if (due := service.next_due()) is not None]
         if dues:
             timeout = max(0.0, min(timeout, min(dues) - time.monotonic()))
-        readable, _, _ = select.select(watched, [], [], timeout)
+        writers = {fd: service for service in self.services for fd in service.writable_filenos()}
+        readable, writable, _ = select.select(watched, list(writers), [], timeout)
         now = time.monotonic()
+        for fd in writable:
+            self._guarded(writers[fd].name, writers[fd].on_writable, fd, now)
         for fd in readable:
             if fd in owners:
                 self._guarded(owners[fd].name, owners[fd].on_readable, fd, now)

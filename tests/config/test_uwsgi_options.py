@@ -53,15 +53,16 @@ def test_the_options_file_knows_aliases_and_value_kinds() -> None:
 @pytest.mark.parametrize(
     ("argv", "environ"),
     [
-        (["--stats", "127.0.0.1:9191", "--stats", ":9192"], {}),
-        (["--stats-server=:9191"], {}),
-        ([], {"UWSGI_STATS": ":9191"}),
+        (["--stats-pusher-default-freq", "3", "--stats-pusher-default-freq", "4"], {}),
+        (["--stats-pushers-default-freq=3"], {}),
+        ([], {"UWSGI_STATS_PUSHER_DEFAULT_FREQ": "3"}),
     ],
 )
 def test_a_uwsgi_option_we_lack_is_named_once_and_ignored(argv: list[str], environ: dict[str, str]) -> None:
     found = warnings_of(*argv, environ=environ)
     assert len(found) == 1
-    assert found[0].startswith("uWSGI option --stats") and found[0].endswith("not implemented by uwsgirouter: ignored")
+    assert found[0].startswith("uWSGI option --stats-pusher")
+    assert found[0].endswith("not implemented by uwsgirouter: ignored")
 
 
 def test_a_uwsgi_option_in_an_ini_file_is_named_with_the_file(tmp_path: Path) -> None:
@@ -74,9 +75,11 @@ def test_a_uwsgi_option_in_an_ini_file_is_named_with_the_file(tmp_path: Path) ->
 
 
 def test_command_line_uwsgi_options_take_their_value_as_uwsgi_does() -> None:
-    config = load_config(["--thunder-lock", "--stats", "127.0.0.1:9191", "-p", "3"], {}, warn=lambda _: None)
+    config = load_config(
+        ["--thunder-lock", "--stats-push", "statsd:127.0.0.1:8125", "-p", "3"], {}, warn=lambda _: None
+    )
     assert config.processes == 3
-    assert config.first("stats") == "127.0.0.1:9191"
+    assert config.first("stats-push") == "statsd:127.0.0.1:8125"
 
 
 @pytest.mark.parametrize("name", ["emperor", "http", "http-socket", "https", "ssl-socket", "route", "mount", "if-env"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from uwsgirouter.config.converters import KEY_VALUE, NON_EMPTY, PATH, SECONDS, TEXT
+from uwsgirouter.address import Address
+from uwsgirouter.config.converters import ADDRESS, KEY_VALUE, NON_EMPTY, PATH, SECONDS, TEXT
 from uwsgirouter.config.setting import Flag, Multi, Scalar
 
 
@@ -40,7 +41,18 @@ class ProcessOptions:
     procname_append = Scalar(TEXT, "", help="Suffix for every process name.")
     procname: Scalar[str | None] = Scalar(NON_EMPTY, None, help="Name of every process.")
     procname_master: Scalar[str | None] = Scalar(NON_EMPTY, None, help="Name of the master process.")
-    stats_http = Flag(help="Prefix the stats server's JSON with HTTP response headers.")
+    stats: Scalar[Address | None] = Scalar(
+        ADDRESS,
+        None,
+        aliases=["stats-server"],
+        help="Serve the master's statistics (uWSGI's JSON document, for uwsgitop) on this address: host:port, a "
+        "UNIX path or @abstract.",
+    )
+    stats_http = Flag(
+        help="Speak HTTP on the stats servers (--stats, --fastrouter-stats): GET /metrics answers in the "
+        "Prometheus text format, any other path the JSON."
+    )
+    stats_minified = Flag(aliases=["stats-min"], help="Write the stats JSON without indentation or newlines.")
 
 
 class ConfigOptions:

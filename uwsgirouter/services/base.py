@@ -50,6 +50,13 @@ class Service:
     def on_readable(self, fd: int, now: float) -> None:
         """``fd`` (one of ``filenos``) is readable."""
 
+    def writable_filenos(self) -> Sequence[int]:
+        """Descriptors the loop waits on for writing (a reply that did not fit in the socket at once)."""
+        return ()
+
+    def on_writable(self, fd: int, now: float) -> None:
+        """``fd`` (one of ``writable_filenos``) is writable."""
+
     def next_due(self) -> float | None:
         """The ``time.monotonic()`` at which ``tick`` wants to run next; None when it has nothing to do."""
         return None

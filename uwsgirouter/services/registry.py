@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from uwsgirouter.services.base import Service
 from uwsgirouter.services.notify import build_notifier
+from uwsgirouter.services.stats import build_stats_server
 
 if TYPE_CHECKING:
     from uwsgirouter.master import Master
@@ -16,6 +17,8 @@ def build_services(master: Master) -> list[Service]:
     needs from the master here, at construction (config, arbiter, sockets, heartbeats), and asks the master
     for actions only through ``MasterControl`` (the master itself)."""
     services: list[Service] = []
+    if stats := build_stats_server(master):
+        services.append(stats)
     if notifier := build_notifier(master):
         services.append(notifier)
     return services
