@@ -425,6 +425,29 @@ def test_two_instances_on_one_key_share_the_traffic_by_weight(
         assert counts == {"a": 100, "b": 300}
 
 
+def test_weights_2_3_6_are_exact_and_interleaved_through_real_nodes(procs: ProcessManager) -> None:
+    """Real uWSGI instances announcing weights 2, 3 and 6, in that order: every cycle of 11 requests gives
+    each its weight exactly (uWSGI's own wrr gives 1:1:3 here) in smooth wrr's order (worked out by hand in
+    tests/unit/test_subscription_table.py, CYCLE_2_3_6)."""
+    router = start_router(procs, UWSGIROUTER)
+    addresses = [f"{LOOPBACK}:{port}" for port in tcp_ports(3)]
+    weights = {"a": 2, "b": 3, "c": 6}
+    for (name, weight), address in zip(weights.items(), addresses, strict=True):
+        # One after the other, so the table (and the tie-break) has them in the order a, b, c.
+        start_instance(
+            procs, REAL_UWSGI, name, address, "--subscribe-to", f"{router.server}:example.com", "--weight", str(weight)
+        )
+        router.wait_node("example.com", address)
+    nodes = router.wait_routing_view("example.com", addresses)
+    assert [nodes[a]["weight"] for a in addresses] == [2, 3, 6]
+
+    picks = [instance_name(router.request("example.com")) or "error" for _ in range(33)]
+    for number in range(3):
+        cycle = picks[number * 11 : (number + 1) * 11]
+        assert Counter(cycle) == weights, f"cycle {number}: {picks}"
+    assert picks == ["c", "b", "c", "a", "c", "b", "c", "a", "c", "b", "c"] * 3, picks
+
+
 # -- 3. a node killed with -9, then restarted -----------------------------------------------------------------
 
 

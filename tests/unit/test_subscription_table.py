@@ -142,6 +142,46 @@ def test_smooth_wrr_gives_exact_weights() -> None:
     assert picks == {"127.0.0.1:1": 100, "127.0.0.1:2": 300}
 
 
+def wrr_picks(weights: dict[str, int], count: int) -> list[str]:
+    """``count`` picks of the smooth wrr over nodes announced in the order of ``weights`` (name -> weight)."""
+    table = NodeTable()
+    for name, weight in weights.items():
+        table.apply(sub(address=name.encode(), weight=weight), 0, 0)
+    mapper = published(table)
+    names = []
+    for _ in range(count):
+        node = mapper.pick(b"example.com", (), 0)
+        assert node is not None
+        names.append(node.name)
+        mapper.done(node)
+    return names
+
+
+# Derived by hand with nginx's smooth weighted round robin: each pick adds every node's weight to its
+# current value, takes the largest (the first announced on a tie) and subtracts the total from it.
+# Weights a=2, b=3, c=6 (total 11), current values (a, b, c) before each pick, after adding the weights:
+#   (2,3,6)->c  (4,6,1)->b  (6,-2,7)->c  (8,1,2)->a  (-1,4,8)->c  (1,7,3)->b
+#   (3,-1,9)->c  (5,2,4)->a  (-4,5,10)->c  (-2,8,5)->b  (0,0,11)->c, and every value is 0 again.
+CYCLE_2_3_6 = ["c", "b", "c", "a", "c", "b", "c", "a", "c", "b", "c"]
+# Weights a=5, b=1, c=1 (total 7): (5,1,1)->a (3,2,2)->a (1,3,3)->b (6,-3,4)->a (4,-2,5)->c (9,-1,-1)->a
+# (7,0,0)->a, and every value is 0 again: nginx's well-known {a, a, b, a, c, a, a}.
+CYCLE_5_1_1 = ["a", "a", "b", "a", "c", "a", "a"]
+
+
+@pytest.mark.parametrize(
+    ("weights", "cycle"),
+    [({"a": 2, "b": 3, "c": 6}, CYCLE_2_3_6), ({"a": 5, "b": 1, "c": 1}, CYCLE_5_1_1)],
+    ids=["2:3:6", "5:1:1"],
+)
+def test_smooth_wrr_counts_exact_weights_per_cycle_and_interleaves(weights: dict[str, int], cycle: list[str]) -> None:
+    cycles = 4
+    picks = wrr_picks(weights, len(cycle) * cycles)
+    assert picks == cycle * cycles, "smooth wrr order, the same in every cycle"
+    for number in range(cycles):
+        one = picks[number * len(cycle) : (number + 1) * len(cycle)]
+        assert Counter(one) == weights, f"cycle {number}: each node exactly its weight"
+
+
 def test_equal_weights_alternate() -> None:
     table = NodeTable()
     table.apply(sub(address=b"127.0.0.1:1"), 0, 0)
