@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from uwsgirouter.address import Address, UnixAddress
-from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, Arbiter, WorkerSpec
+from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, ROUTER, Arbiter, WorkerSpec
 from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.config import Config, load_config
 from uwsgirouter.config.checks import check_config
@@ -42,6 +42,7 @@ from uwsgirouter.subscription.mapper import SubscriptionMapper
 from uwsgirouter.subscription.server import IMAGE_BYTES_PER_KEY, IMAGE_BYTES_PER_NODE, SubscriptionServer, bind_datagram
 from uwsgirouter.subscription.table import NodeTable
 from uwsgirouter.uwsgi_module import install_cache
+from uwsgirouter.workers.base import BaseWorker
 
 if TYPE_CHECKING:
     from uwsgirouter.subscription.signing import SubscriptionGuard
@@ -51,6 +52,14 @@ log = logging.getLogger("uwsgirouter.master")
 #: After unsubscribing on SIGTERM, keep serving this long so routers stop sending before we stop.
 UNSUBSCRIBE_GRACE_S = 1.0
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+
+
+class _NotBorn(Exception):
+    """A worker factory cannot make its worker; the child exits with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 class NoMapper(Mapper):
@@ -291,7 +300,10 @@ class Master:
     # -- the child side ---------------------------------------------------------------------------
 
     def launch(self, spec: WorkerSpec) -> int:
-        """Runs in the forked child: become a router or an app worker; returns the exit status."""
+        """Runs in the forked child: become a worker of ``spec.kind``; returns the exit status.
+
+        Both kinds are built the same way: the kind's factory makes the worker (it may refuse with an
+        exit status, e.g. an app that does not load), then the worker's ``init_process`` runs it."""
         reset_signals()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
@@ -308,21 +320,30 @@ class Master:
         def beat(busy_since: float = 0.0, requests: int = 0) -> None:
             heartbeats.beat(slot, pid, time.monotonic(), busy_since, requests)
 
+        factories: dict[str, Callable[[WorkerSpec], BaseWorker]] = {
+            ROUTER: self._router_worker,
+            APP: self._app_worker,
+        }
         try:
-            if spec.kind == APP:
-                return self._run_app_worker(spec, beat)
-            drop_privileges(config.fastrouter_uid, config.fastrouter_gid)
-            mapper = self._router_mapper(config)
-            names = [listener.name for listener in self.sockets.router]
-            names += [str(address) for address in config.fastrouter_subscription_server]
-            stats = self.sockets.stats if spec.number == 1 else None
-            shared_with_apps = [r.name for r in self.sockets.router if any(r is a for a in self.sockets.app)]
-            local = shared_with_apps[0] if shared_with_apps else None
-            worker = RouterWorker(config, self.sockets.router, mapper, spec.number, beat, stats, names, local)
-            worker.parent_pid = self.master_pid
-            return worker.run()
+            worker = factories[spec.kind](spec)
+            worker.parent_pid = self.master_pid  # known before the app loaded: a master dying meanwhile is noticed
+            worker.beat = beat
+            return worker.init_process()
+        except _NotBorn as refusal:
+            return refusal.status
         finally:
             logging.shutdown()
+
+    def _router_worker(self, spec: WorkerSpec) -> BaseWorker:
+        config = self.config
+        drop_privileges(config.fastrouter_uid, config.fastrouter_gid)
+        mapper = self._router_mapper(config)
+        names = [listener.name for listener in self.sockets.router]
+        names += [str(address) for address in config.fastrouter_subscription_server]
+        stats = self.sockets.stats if spec.number == 1 else None
+        shared_with_apps = [r.name for r in self.sockets.router if any(r is a for a in self.sockets.app)]
+        local = shared_with_apps[0] if shared_with_apps else None
+        return RouterWorker(config, self.sockets.router, mapper, spec.number, None, stats, names, local)
 
     def _router_mapper(self, config: Config) -> Mapper:
         """uWSGI's precedence: use-cache > use-pattern > subscription server > use-base > use-code-string >
@@ -342,7 +363,7 @@ class Master:
             return CodeMapper(self.code_function)
         return build_mapper(config, self.sockets.app_names) or NoMapper()
 
-    def _run_app_worker(self, spec: WorkerSpec, beat: Callable[..., None]) -> int:
+    def _app_worker(self, spec: WorkerSpec) -> BaseWorker:
         from uwsgirouter.uwsgi_module import install
         from uwsgirouter.workers.app_loader import AppLoadError, load_app, no_app
         from uwsgirouter.workers.wsgi import WsgiWorker
@@ -354,13 +375,10 @@ class Master:
                 app = load_app(config)
             except AppLoadError as exc:
                 log.error("%s", exc)
-                return APP_LOAD_ERROR
+                raise _NotBorn(APP_LOAD_ERROR) from None
         else:
             app = no_app
-        worker = WsgiWorker(config, self.sockets.app, app, spec.number)
-        worker.parent_pid = self.master_pid  # known before the app loaded: a master dying meanwhile is noticed
-        worker.heartbeat = lambda: beat(worker.busy_since, worker.requests_served)
-        return worker.run()
+        return WsgiWorker(config, self.sockets.app, app, spec.number)
 
     # -- the loop ---------------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def run_worker_in_child(
         worker = WsgiWorker(load_config(argv, {}), [listener], app, worker_id)
         if before_run is not None:
             before_run(worker)
-        status = worker.run()
+        status = worker.init_process()
     except BaseException:
         traceback.print_exc()
     finally:

@@ -18,6 +18,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 from uwsgirouter.config import Config
 from uwsgirouter.ratelog import LogLimiter
@@ -27,6 +28,7 @@ from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.session import Session
 from uwsgirouter.router.stats import StatsReply, render
 from uwsgirouter.sock import Listener
+from uwsgirouter.workers.base import BaseWorker, Beat
 
 log = logging.getLogger("uwsgirouter.router")
 
@@ -86,8 +88,12 @@ def client_limit(budget: int) -> int:
     return max(1, budget - min(BACKEND_HEADROOM, budget // 4))
 
 
-class RouterWorker:
+class RouterWorker(BaseWorker):
     """Accepts on the listeners, runs sessions, stops accepting at the event cap, drains on SIGTERM."""
+
+    kind = "fastrouter"
+    RECORDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2)
+    IGNORED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE)
 
     def __init__(
         self,
@@ -95,17 +101,16 @@ class RouterWorker:
         listeners: Sequence[Listener],
         mapper: Mapper,
         number: int = 1,
-        beat: Callable[[], None] | None = None,
+        beat: Beat | None = None,
         stats: Listener | None = None,
         stats_names: Sequence[str] = (),
         local_address: str | None = None,
     ) -> None:
-        self.number = number
+        super().__init__(config, number, beat)
         self.stats_listener = stats
         self.stats_names = list(stats_names) or [listener.name for listener in listeners]
         self.stats_http = config.stats_http
         self.stats_replies: set[StatsReply] = set()
-        self.beat = beat or (lambda: None)
         self.listeners = list(listeners)
         self.own_addresses = own_addresses(self.listeners)
         self.mapper = mapper
@@ -152,13 +157,9 @@ class RouterWorker:
         self.now = time.monotonic()
         self.accepting = False
         self.accept_paused_until = 0.0
-        self.stopping = False
         self.shutting_down = False
         self.stop_deadline = 0.0
         self.door_closed_at = 0.0  # when a stopping worker stopped accepting for good
-        self.exit_now = False
-        self.parent_pid = os.getppid()
-        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- registration helpers used by sessions ---------------------------------------------------
 
@@ -306,7 +307,7 @@ class RouterWorker:
 
     # -- signals ---------------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, frame: object) -> None:
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Only record; the loop acts on it.
 
         SIGUSR2 (from the master, on reload): retire: stop accepting, finish in-flight sessions.
@@ -321,20 +322,6 @@ class RouterWorker:
         else:
             self.exit_now = True
 
-    def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2):
-            signal.signal(signum, self._on_signal)
-        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
-            signal.signal(signum, signal.SIG_IGN)
-
-    def _drain_wakeup(self, events: int) -> None:
-        try:
-            while os.read(self._wakeup_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -342,11 +329,10 @@ class RouterWorker:
         # Everything created before now lives as long as the process: keep the cyclic garbage
         # collector from walking it again and again (it costs per request; also spares copy-on-write).
         gc.freeze()
-        self._install_signals()
         baseline = len(os.listdir("/proc/self/fd"))
         self.fd_budget = fd_budget(baseline)
         self.fd_limit = client_limit(self.fd_budget)
-        self.handlers[self._wakeup_r] = self._drain_wakeup
+        self.handlers[self._wakeup_r] = self.drain_wakeup
         self.ep.register(self._wakeup_r, EPOLLIN)
         for listener in self.listeners:
             sock = listener.sock
@@ -358,7 +344,7 @@ class RouterWorker:
         self.accepting = True
         if self.cheap_mode and not self._live_nodes():
             self._go_cheap()
-        self.beat()
+        self.heartbeat()
         next_sweep = self.now + SWEEP_INTERVAL_S
         next_beat = self.now + BEAT_INTERVAL_S
         handlers = self.handlers
@@ -373,7 +359,7 @@ class RouterWorker:
             self.now = now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + BEAT_INTERVAL_S
-                self.beat()
+                self.heartbeat()
             if now >= next_sweep:
                 next_sweep = now + SWEEP_INTERVAL_S
                 self._sweep()
@@ -414,8 +400,7 @@ class RouterWorker:
         deadline = self.now - self.timeout
         for session in [s for s in self.sessions if s.last_active < deadline]:
             session.timed_out()
-        if os.getppid() != self.parent_pid:
-            log.error("the master process is gone; exiting")
+        if self.master_gone():
             self.exit_now = True
 
     def _drained(self) -> bool:

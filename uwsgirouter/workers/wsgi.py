@@ -40,6 +40,7 @@ from uwsgirouter.protocol import (
 )
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.sock import Listener
+from uwsgirouter.workers.base import BaseWorker, Beat
 from uwsgirouter.workers.environ import (
     READ_CHUNK,
     ClientDisconnected,
@@ -220,13 +221,15 @@ class _Response:
             self.send(self._head())
 
 
-class WsgiWorker:
-    """One app worker process: ``run()`` serves until told to stop and returns the exit status.
+class WsgiWorker(BaseWorker):
+    """One app worker process: ``init_process()`` serves until told to stop and returns the exit status.
 
-    ``heartbeat()`` is called at least once a second while idle and right before and after each
-    request; read ``busy_since`` (monotonic start of the current request, 0.0 when idle) and
-    ``requests_served`` in it to tell the master how this worker is doing.
+    The heartbeat is sent at least once a second while idle and right before and after each request.
     """
+
+    kind = "worker"
+    RECORDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGINT, signal.SIGQUIT)
+    IGNORED = (signal.SIGUSR1, signal.SIGPIPE)
 
     def __init__(
         self,
@@ -234,31 +237,24 @@ class WsgiWorker:
         listeners: Sequence[Listener],
         app: WSGIApplication,
         worker_id: int,
-        heartbeat: Callable[[], None] | None = None,
+        beat: Beat | None = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, worker_id, beat)
         self.listeners = list(listeners)
         self.app = app
         self.worker_id = worker_id
-        self.heartbeat = heartbeat or (lambda: None)
         self.buffer_size: int = config.buffer_size
         self.max_pairs: int = 2 * config.max_vars
         self.timeout: float | None = float(config.socket_timeout) or None
         self.log_requests = not config.disable_logging
         self.node = socket.gethostname().encode("utf-8", "surrogateescape")
-        self.requests_served = 0
         self.app_requests = 0
-        self.busy_since = 0.0
-        self.stopping = False
-        self.exit_now = False
         self.exit_status = 0
-        self.parent_pid: int | None = None  # set by run() unless a caller (a test) did
         self._in_request = False
-        self._wakeup_r = self._wakeup_w = -1
 
     # -- signals ---------------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Record; SIGINT/SIGQUIT also unwind a running request (exit at once means now)."""
         if signum in (signal.SIGINT, signal.SIGQUIT):
             self.exit_now = True
@@ -268,29 +264,11 @@ class WsgiWorker:
         else:
             self.stopping = True
 
-    def _install_signals(self) -> None:
-        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(signum, self._on_signal)
-        for signum in (signal.SIGUSR1, signal.SIGPIPE):
-            signal.signal(signum, signal.SIG_IGN)
-
-    def _drain_wakeup(self) -> None:
-        try:
-            while os.read(self._wakeup_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until a signal or the master's death says stop: 0, or 1 if the app called sys.exit()."""
-        if self.parent_pid is None:
-            self.parent_pid = os.getppid()
         uwsgi_module.set_worker_id(self.worker_id)
-        self._install_signals()
         poller = select.poll()
         poller.register(self._wakeup_r, select.POLLIN)
         by_fd = {listener.fileno(): listener.sock for listener in self.listeners}
@@ -300,12 +278,11 @@ class WsgiWorker:
             while not (self.stopping or self.exit_now):
                 self.heartbeat()
                 _notes.flush()  # the count of lines left out is written even when the flood has stopped
-                if os.getppid() != self.parent_pid:
-                    log.error("the master process is gone; worker %d exits", self.worker_id)
+                if self.master_gone():
                     break
                 ready = [fd for fd, _ in poller.poll(IDLE_POLL_MS)]
                 if self._wakeup_r in ready:
-                    self._drain_wakeup()
+                    self.drain_wakeup()
                 for fd in ready:
                     if self.stopping or self.exit_now:
                         break
@@ -314,10 +291,6 @@ class WsgiWorker:
                         self._accept_and_serve(sock)
         except _Interrupted:
             pass
-        finally:
-            signal.set_wakeup_fd(-1)
-            os.close(self._wakeup_r)
-            os.close(self._wakeup_w)
         if self.exit_now:
             log.info("worker %d: immediate stop", self.worker_id)
         elif self.stopping:
