@@ -118,6 +118,7 @@ class Arbiter:
     stop_deadline: float = 0.0
     reloading: bool = False
     reload_started: float = 0.0
+    reload_brutal: bool = False  # the old generation leaves at once instead of finishing its requests
     failures: dict[str, int] = field(default_factory=dict)
     respawns: list[_Respawn] = field(default_factory=list)
     booted_kinds: set[str] = field(default_factory=set)
@@ -185,13 +186,16 @@ class Arbiter:
             worker.retiring_since = worker.retiring_since or now
             self.oscalls.kill(pid, signum)
 
-    def reload(self) -> None:
+    def reload(self, reread: bool = True, brutal: bool = False) -> None:
+        """A new generation of workers; ``reread``: read the configuration first (not for a reload of the
+        workers only); ``brutal``: once it is up, the old workers leave at once (SIGINT) instead of
+        finishing their requests."""
         if self.stopping:
             return
         if self.reloading:
-            log.warning("a reload is already in progress; SIGHUP ignored")
+            log.warning("a reload is already in progress; this one is ignored")
             return
-        if self.reload_config is not None:
+        if reread and self.reload_config is not None:
             try:
                 self.reload_config()
             except Exception as exc:  # a broken edit must not take the running instance down
@@ -199,8 +203,10 @@ class Arbiter:
                 return
         self.generation += 1
         self.reloading = True
+        self.reload_brutal = brutal
         self.reload_started = self.oscalls.monotonic()
-        log.info("graceful reload: starting generation %d", self.generation)
+        what = ("brutal reload" if brutal else "graceful reload") + ("" if reread else " of the workers")
+        log.info("%s: starting generation %d", what, self.generation)
         self.spawn_all()
 
     # -- the periodic part of the loop ---------------------------------------------------------
@@ -307,7 +313,7 @@ class Arbiter:
         for pid, worker in self.workers.items():
             if worker.spec.generation < self.generation and not worker.retiring_since:
                 worker.retiring_since = now
-                self.oscalls.kill(pid, RETIRE_SIGNAL)
+                self.oscalls.kill(pid, signal.SIGINT if self.reload_brutal else RETIRE_SIGNAL)
         self.reloading = False
         log.info("graceful reload: generation %d serving", self.generation)
 

@@ -23,9 +23,11 @@ from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, ROUTER, Arbiter, WorkerSpec
 from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.config import Config, load_config
 from uwsgirouter.config.checks import check_config
+from uwsgirouter.config.preflight import socket_owner
+from uwsgirouter.control import ControlRequests
 from uwsgirouter.errors import ConfigError, HaltServer
 from uwsgirouter.heartbeat import HeartbeatTable
-from uwsgirouter.logs import reopen_logs, set_process_label
+from uwsgirouter.logs import set_process_label
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.cache_mapper import build_cache_mapper
@@ -35,7 +37,7 @@ from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.worker import RouterWorker
 from uwsgirouter.services import Lifecycle, Service
 from uwsgirouter.services.registry import build_services
-from uwsgirouter.sock import Listener, bind_listener
+from uwsgirouter.sock import Listener, bind_listener, set_owner_and_mode
 from uwsgirouter.subscription.client import Subscriber, parse_subscribe2, parse_subscribe_to
 from uwsgirouter.subscription.image import TableImage
 from uwsgirouter.subscription.mapper import SubscriptionMapper
@@ -80,6 +82,7 @@ class Sockets:
         self.stats: Listener | None = None
         self.master_stats: Listener | None = None
         self.subscription_paths: list[str] = []
+        self.owner = socket_owner(config.chown_socket)
         defer = 0 if config.no_defer_accept else config.socket_timeout
         try:
             for key, address in _shared_in_order(config):
@@ -109,6 +112,7 @@ class Sockets:
                 self.subscription.append(sock)
                 if isinstance(address, UnixAddress):
                     self.subscription_paths.append(address.path)
+                    set_owner_and_mode(address.path, config.chmod_socket, self.owner)
                 log.info("subscription server bound on %s fd %d", address, sock.fileno())
         except BaseException:
             self.close()
@@ -116,7 +120,12 @@ class Sockets:
 
     def _bind(self, address: Address, config: Config, defer: int) -> Listener:
         return bind_listener(
-            address, backlog=config.listen, chmod=config.chmod_socket, defer_accept=defer, shared=self.shared
+            address,
+            backlog=config.listen,
+            chmod=config.chmod_socket,
+            defer_accept=defer,
+            shared=self.shared,
+            owner=self.owner,
         )
 
     @property
@@ -155,7 +164,7 @@ def _shared_in_order(config: Config) -> list[tuple[str, Address]]:
     return ordered
 
 
-class Master:
+class Master(ControlRequests):
     """Owns the sockets, the heartbeat table and the loop; the arbiter decides."""
 
     def __init__(self, config: Config, argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> None:
@@ -211,7 +220,7 @@ class Master:
         self._run_master_python(config, apps)
         self.services: list[Service] = []
         self.lifecycle: Lifecycle | None = None
-        self.reopen_requested = False
+        self.init_requests()
 
     def _run_master_python(self, config: Config, apps: int) -> None:
         """Python the master runs before forking, with ``import uwsgi`` available (uWSGI does the same):
@@ -385,23 +394,6 @@ class Master:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.pending.append(signum)
 
-    # -- what services may ask (MasterControl) ---------------------------------------------------
-
-    def request_reload(self) -> None:
-        self.pending.append(signal.SIGHUP)
-
-    def request_stop(self, graceful: bool) -> None:
-        self.pending.append(signal.SIGTERM if graceful else signal.SIGINT)
-
-    def request_log_reopen(self) -> None:
-        self.reopen_requested = True
-
-    def _reopen_logs(self) -> None:
-        try:
-            reopen_logs(self.config.logto, self.config.daemonize)
-        except OSError as exc:
-            log.warning("cannot reopen the log file: %s; logging goes on to the old one", exc)
-
     def _advance_lifecycle(self) -> None:
         """Tell every service when the instance becomes ready, reloads, is reloaded, or stops."""
         arbiter = self.arbiter
@@ -441,9 +433,7 @@ class Master:
                 if self.deferred_stop and time.monotonic() >= self.deferred_stop:
                     self.deferred_stop = 0.0
                     arbiter.handle_signal(signal.SIGTERM)
-                if self.reopen_requested:
-                    self.reopen_requested = False
-                    self._reopen_logs()
+                self.act_on_requests()  # what services asked for (control.py)
                 arbiter.reap()
                 arbiter.tick()
                 self._advance_lifecycle()
@@ -462,6 +452,9 @@ class Master:
 
     def _handle_signal(self, signum: int) -> None:
         """Subscriptions first: a node that stops tells its routers before its workers stop accepting."""
+        if signum == signal.SIGHUP and self.config.exit_on_reload:
+            log.info("exit-on-reload: stopping instead of reloading")
+            signum = signal.SIGTERM
         subscriber = self.subscriber
         announcing = subscriber is not None and not subscriber.blocked and bool(subscriber.targets)
         if signum == signal.SIGTERM and announcing and not self.arbiter.stopping and not self.deferred_stop:
@@ -472,8 +465,10 @@ class Master:
             self._advance_lifecycle()
             return
         if signum == signal.SIGHUP:
-            self._reopen_logs()
-        self.arbiter.handle_signal(signum)
+            self.reopen_log_files()
+            self.arbiter.reload(brutal=self.take_brutal_reload())
+        else:
+            self.arbiter.handle_signal(signum)
         self._advance_lifecycle()  # services hear of a stop or reload at once (subscribers unsubscribe first)
 
     def _wait(self, timeout: float) -> None:
@@ -575,6 +570,7 @@ def run_master(config: Config, argv: Sequence[str] = (), environ: Mapping[str, s
             pidfiles.append(Pidfile(config.pidfile))
             pidfiles[-1].create(os.getpid())
         master = Master(config, argv, environ)
+        master.pidfiles = pidfiles  # the same list: --pidfile2 joins it below
         drop_privileges(config.uid, config.gid)
         if config.pidfile2:
             pidfiles.append(Pidfile(config.pidfile2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Mapping, Sequence
 
@@ -18,6 +19,8 @@ def run(config: Config, argv: Sequence[str] = (), environ: Mapping[str, str] | N
     if config.stop:
         signal_pidfile(config.stop, signal.SIGINT)
         return 0
+    if config.umask is not None:
+        os.umask(config.umask)  # before the log files, sockets, pidfiles and fifos are created (uWSGI: at once)
     if config.daemonize:
         daemonize(config.daemonize)
     setup_logging(config.logto)

@@ -53,6 +53,7 @@ def bind_listener(
     chmod: int | None = None,
     defer_accept: int = 0,
     shared: list[Listener] | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> Listener:
     """Bind and listen on ``address``; a ``ConfigError`` names the address and the reason."""
     if isinstance(address, SharedSocketRef):
@@ -75,7 +76,7 @@ def bind_listener(
             sock.listen(backlog)
             sock.setblocking(False)
             return Listener(sock, str(address))
-        return _bind_unix(address, backlog, chmod)
+        return _bind_unix(address, backlog, chmod, owner)
     except OSError as exc:
         raise ConfigError(f"unable to bind {address}: {exc.strerror or exc}") from None
 
@@ -100,7 +101,22 @@ def _bind_tcp(address: TcpAddress, backlog: int, defer_accept: int) -> Listener:
     return Listener(sock, name)
 
 
-def _bind_unix(address: UnixAddress, backlog: int, chmod: int | None) -> Listener:
+def set_owner_and_mode(path: str, chmod: int | None, owner: tuple[int, int] | None) -> None:
+    """--chown-socket (uid, gid; -1 keeps one) and --chmod-socket on a UNIX socket file just bound; a
+    ``ConfigError`` names the option (chown to another user needs root)."""
+    if owner is not None:
+        try:
+            os.chown(path, *owner)
+        except OSError as exc:
+            raise ConfigError(f"--chown-socket: cannot give {path} to uid {owner[0]}: {exc.strerror}") from None
+    if chmod is not None:
+        try:
+            os.chmod(path, chmod)
+        except OSError as exc:
+            raise ConfigError(f"--chmod-socket: cannot change the mode of {path}: {exc.strerror}") from None
+
+
+def _bind_unix(address: UnixAddress, backlog: int, chmod: int | None, owner: tuple[int, int] | None) -> Listener:
     path = address.path
     try:
         mode = os.lstat(path).st_mode
@@ -113,10 +129,9 @@ def _bind_unix(address: UnixAddress, backlog: int, chmod: int | None) -> Listene
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        if chmod is not None:
-            os.chmod(path, chmod)
+        set_owner_and_mode(path, chmod, owner)
         sock.listen(backlog)
-    except OSError:
+    except BaseException:
         sock.close()
         raise
     sock.setblocking(False)

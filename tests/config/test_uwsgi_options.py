@@ -66,10 +66,10 @@ def test_a_uwsgi_option_we_lack_is_named_once_and_ignored(argv: list[str], envir
 
 
 def test_a_uwsgi_option_in_an_ini_file_is_named_with_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path / "site.ini", "[uwsgi]\nlogto2 = /tmp/x.log\nthunder-lock = true\nprocesses = 2\n")
+    path = write(tmp_path / "site.ini", "[uwsgi]\nlogto2 = /tmp/x.log\nreaper = true\nprocesses = 2\n")
     assert warnings_of(path) == [
         f"uWSGI option --logto2 ({path} [uwsgi]) is not implemented by uwsgirouter: ignored",
-        f"uWSGI option --thunder-lock ({path} [uwsgi]) is not implemented by uwsgirouter: ignored",
+        f"uWSGI option --reaper ({path} [uwsgi]) is not implemented by uwsgirouter: ignored",
     ]
     assert load_config([str(path)], {}, warn=lambda _: None).first("logto2") == "/tmp/x.log"  # still a placeholder
 

@@ -39,7 +39,12 @@ class SocketOptions:
         aliases=["chmod"],
         arg=Arg.OPTIONAL,
         implicit="666",
-        help="Mode of the UNIX sockets created (--chmod-socket alone means 666).",
+        help="Mode of every UNIX socket the master creates (--chmod-socket alone means 666).",
+    )
+    chown_socket: Scalar[str | None] = Scalar(
+        NON_EMPTY,
+        None,
+        help="Owner of the UNIX sockets created: USER or USER:GROUP (names or numbers).",
     )
     listen = Scalar(POSITIVE, 100, short="l", help="Listen queue (backlog) of every socket created.")
     socket_timeout = Scalar(

@@ -34,6 +34,37 @@ def check_environment(config: Config) -> None:
         _writable_file("pidfile2", _within(base, config.pidfile2), uid, gid)
     if config.wsgi_file and not os.path.isfile(_within(base, config.wsgi_file)):
         raise ConfigError(f"--wsgi-file {config.wsgi_file}: no such file")
+    socket_owner(config.chown_socket)
+    for path in config.master_fifo:
+        # created after the privileges are dropped, as in uWSGI
+        _fifo_path(_within(base, path), uid, gid)
+
+
+def socket_owner(spec: str | None) -> tuple[int, int] | None:
+    """``--chown-socket USER[:GROUP]`` as (uid, gid), -1 for a group not given (kept as it is)."""
+    if spec is None:
+        return None
+    user, colon, group = spec.partition(":")
+    uid = _user("chown-socket", user) if user else -1
+    gid = _group("chown-socket", group) if colon and group else -1
+    return (-1 if uid is None else uid, -1 if gid is None else gid)
+
+
+def _fifo_path(path: str, uid: int | None, gid: int | None) -> None:
+    """A --master-fifo path: an existing fifo (reused), or a new name in a directory the master can write."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        directory = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--master-fifo {path}: no such directory {directory}") from None
+        if not _may_write(directory, uid, gid, need_search=True):
+            raise ConfigError(f"--master-fifo {path}: the directory {directory} is not writable") from None
+        return
+    except OSError as exc:
+        raise ConfigError(f"--master-fifo {path}: {exc.strerror}") from None
+    if not stat.S_ISFIFO(info.st_mode):
+        raise ConfigError(f"--master-fifo {path}: exists and is not a fifo")
 
 
 def _within(base: str | None, path: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from uwsgirouter.address import Address
-from uwsgirouter.config.converters import ADDRESS, KEY_VALUE, NON_EMPTY, PATH, SECONDS, TEXT
+from uwsgirouter.config.converters import ADDRESS, KEY_VALUE, NON_EMPTY, OCTAL_MODE, PATH, SECONDS, TEXT
 from uwsgirouter.config.setting import Flag, Multi, Scalar
 
 
@@ -18,6 +18,17 @@ class ProcessOptions:
     die_on_term = Flag(
         help="Accepted for compatibility: SIGTERM always stops gracefully in uwsgirouter (uWSGI 2.0 reloads)."
     )
+    exit_on_reload = Flag(
+        help="Stop (gracefully, exit 0) whenever a reload is asked for: SIGHUP, --reload, the fifo's r/R, "
+        "--touch-reload."
+    )
+    umask: Scalar[int | None] = Scalar(
+        OCTAL_MODE, None, help="Set the umask (octal, such as 022) at start, before any file or socket is created."
+    )
+    thunder_lock = Flag(
+        help="Accepted, no effect: uwsgirouter's workers accept without blocking in their event loops, so a "
+        "wake-up with no connection costs one failed accept() and there is nothing to serialize."
+    )
     pidfile: Scalar[str | None] = Scalar(PATH, None, help="Write the master's pid to this file.")
     pidfile2: Scalar[str | None] = Scalar(
         PATH, None, help="Write the master's pid to this file after dropping privileges."
@@ -27,14 +38,23 @@ class ProcessOptions:
     uid: Scalar[str | None] = Scalar(NON_EMPTY, None, help="Drop privileges to this user.")
     gid: Scalar[str | None] = Scalar(NON_EMPTY, None, help="Drop privileges to this group.")
     chdir: Scalar[str | None] = Scalar(PATH, None, help="Change to this directory at start.")
-    vacuum = Flag(help="Remove the UNIX sockets and the pidfile at exit.")
+    vacuum = Flag(
+        help="Remove the master fifos this master created at exit (UNIX sockets and pidfiles are always removed "
+        "when they are still ours)."
+    )
     reload: Scalar[str | None] = Scalar(
         PATH, None, help="Gracefully reload the instance whose pid is in this file, then exit."
     )
     stop: Scalar[str | None] = Scalar(
         PATH, None, help="Stop the instance whose pid is in this file (SIGINT), then exit."
     )
-    master_fifo = Multi(PATH, planned=True, help="Control the master through this FIFO (uWSGI's commands).")
+    master_fifo = Multi(
+        PATH,
+        help="Control the master through this fifo: echo r > PATH (uWSGI's one-letter commands, see "
+        "docs/signals.md). Repeatable: 0-9 switch to another one.",
+    )
+    touch_reload = Multi(PATH, help="Reload gracefully when this file is touched (or appears or goes). Repeatable.")
+    touch_logreopen = Multi(PATH, help="Reopen the log files when this file is touched. Repeatable.")
     auto_procname = Flag(help="Name processes 'uwsgirouter master', 'uwsgirouter fastrouter 1', ...")
     procname_prefix = Scalar(TEXT, "", help="Prefix for every process name.")
     procname_prefix_spaced = Scalar(TEXT, "", help="Prefix for every process name, then a space.")

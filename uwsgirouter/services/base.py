@@ -27,14 +27,30 @@ class Lifecycle(enum.Enum):
 class MasterControl(Protocol):
     """What a service may ask of the master; each call only records the wish, the loop acts on it."""
 
-    def request_reload(self) -> None:
-        """Graceful reload, as SIGHUP."""
+    def request_reload(self, brutal: bool = False) -> None:
+        """Graceful reload, as SIGHUP; ``brutal``: the old workers leave at once, cutting their requests,
+        instead of finishing them (uWSGI's brutal reload)."""
+
+    def request_reload_workers(self, brutal: bool) -> None:
+        """A new generation of workers, without reading the configuration again or reopening logs."""
 
     def request_stop(self, graceful: bool) -> None:
         """Graceful stop (as SIGTERM) or immediate stop (as SIGINT)."""
 
     def request_log_reopen(self) -> None:
         """Open the log files again by name."""
+
+    def request_log_rotate(self) -> None:
+        """Rename the log file (to FILE.<unix time>) and open a new one."""
+
+    def request_block_subscriptions(self, blocked: bool | None) -> None:
+        """Stop (True) or resume (False) sending subscriptions; None switches between the two."""
+
+    def request_update_pidfiles(self) -> None:
+        """Write the master's pid into its pidfiles again."""
+
+    def request_stats_log(self) -> None:
+        """Log one line per worker with its pid and requests served."""
 
 
 class Service:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from uwsgirouter.services.base import Service
+from uwsgirouter.services.fifo import build_fifo
 from uwsgirouter.services.notify import build_notifier
 from uwsgirouter.services.stats import build_stats_server
+from uwsgirouter.services.touch import build_touch_watcher
 
 if TYPE_CHECKING:
     from uwsgirouter.master import Master
@@ -21,4 +23,9 @@ def build_services(master: Master) -> list[Service]:
         services.append(stats)
     if notifier := build_notifier(master):
         services.append(notifier)
+    config = master.config
+    if fifo := build_fifo(config.master_fifo, master, config.vacuum):
+        services.append(fifo)
+    if touch := build_touch_watcher(master, config.touch_reload, config.touch_logreopen):
+        services.append(touch)
     return services
