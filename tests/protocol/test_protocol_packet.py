@@ -187,3 +187,43 @@ def test_fixtures_are_up_to_date() -> None:
     for subdir in ("valid", "invalid"):
         present = set((script.parent / subdir).glob("*.bin"))
         assert present <= set(wanted), f"stray fixtures: {present - set(wanted)}"
+
+
+# --- exact edges (each one a mutant tools/mutation found surviving) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        # two bytes left: a whole key length, so the key runs past the end (not "truncated key length")
+        (b"\x01\x00", "vars block: key of 1 bytes at offset 0 runs past the end (2)"),
+        (record(b"A", b"1") + b"\x05\x00", "vars block: key of 5 bytes at offset 6 runs past the end (8)"),
+        (record(b"A", b"1") + b"\x05", "vars block: truncated key length at offset 6"),
+    ],
+)
+def test_decode_vars_error_messages_are_exact(block: bytes, message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_vars(block)
+    assert str(info.value) == message
+
+
+def test_lengths_over_255_use_both_bytes_little_endian() -> None:
+    pairs = [(b"k" * 300, b"v" * 700), (b"K" * 256, b"")]
+    block = encode_vars(pairs)
+    assert block[:2] == b"\x2c\x01"  # 300
+    assert decode_vars(block) == pairs
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ([(b"", b"x")], "vars block: a key cannot be empty"),
+        # a key or value of exactly 65535 bytes is allowed by itself; only the whole block is too long
+        ([(b"k" * MAX_VARS_SIZE, b"")], "vars block of 65539 bytes is longer than 65535"),
+        ([(b"K", b"v" * MAX_VARS_SIZE)], "vars block of 65540 bytes is longer than 65535"),
+    ],
+)
+def test_encode_vars_error_messages_are_exact(pairs: list[tuple[bytes, bytes]], message: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        encode_vars(pairs)
+    assert str(info.value) == message

@@ -491,3 +491,43 @@ def test_valid_requests_in_random_chunks(
     events = feed(chunked(data, cuts))
     check_events(data, events)
     assert events[0] == RequestHead(modifier1, modifier2, tuple(pairs), packet)
+
+
+# --- exact edges (each one a mutant tools/mutation found surviving) --------------------------------
+
+
+def test_head_complete_is_false_then_true() -> None:
+    reader = RequestReader()
+    assert reader.head_complete is False
+    reader.receive_data(encode_packet([(b"K", b"V")]))
+    assert reader.head_complete is False  # not before next_event returned the head
+    assert isinstance(reader.next_event(), RequestHead)
+    assert reader.head_complete is True
+
+
+def test_head_received_in_pieces_has_immutable_raw_bytes() -> None:
+    packet = encode_packet([(b"HTTP_HOST", b"example.com")])
+    reader = RequestReader()
+    for i in range(len(packet)):
+        reader.receive_data(packet[i : i + 1])
+    head = reader.next_event()
+    assert isinstance(head, RequestHead)
+    assert type(head.raw) is bytes and head.raw == packet
+
+
+def test_data_after_eof_message() -> None:
+    reader = RequestReader()
+    reader.receive_data(b"")
+    with pytest.raises(LocalProtocolError) as info:
+        reader.receive_data(b"x")
+    assert str(info.value) == "receive_data() got data after EOF"
+
+
+def test_key_past_the_end_counts_offsets_from_the_vars_block() -> None:
+    expect_error(b"\x00\x03\x00\x00\x05\x00K", "vars block: key of 5 bytes at offset 0 runs past the end (3)", 400)
+
+
+def test_content_length_error_shows_at_most_40_bytes() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        content_length([(b"CONTENT_LENGTH", b"1" * 30 + b"x" * 70)])
+    assert str(info.value) == f"invalid CONTENT_LENGTH {b'1' * 30 + b'x' * 10!r}"

@@ -403,3 +403,19 @@ def test_decode_plausible_vars_parses_or_raises_remote_error(pairs: Pairs, comma
     else:
         assert sub.command is (Command.UNSUBSCRIBE if command else Command.SUBSCRIBE)
         assert encode_subscription(sub)  # whatever decodes can be encoded again
+
+
+# --- exact edges (each one a mutant tools/mutation found surviving) --------------------------------
+
+
+def test_values_are_shown_whole_up_to_40_bytes() -> None:
+    for value, shown in ((b"x" * 40, repr(b"x" * 40)), (b"x" * 41, repr(b"x" * 40) + "...")):
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_subscription(datagram(uwsgi_vars(weight=value)))
+        assert str(info.value) == f"subscription: weight is not a decimal number: {shown}"
+
+
+def test_a_bare_header_is_a_datagram_without_key() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_subscription(b"\xe0\x00\x00\x00")
+    assert str(info.value) == "subscription: missing or empty key"

@@ -686,7 +686,10 @@ def test_uwsgi_named_caches(uwsgi: Any) -> None:
         uwsgi.cache_keys("nocache")
 
 
-def test_uwsgi_remote_cache_is_refused_and_logged_once(uwsgi: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_uwsgi_remote_cache_is_refused_and_logged_once(
+    uwsgi: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uwsgi_module, "_remote_logged", set())  # "once" is per process: start afresh
     with caplog.at_level(logging.WARNING, "uwsgirouter.cache"):
         assert uwsgi.cache_get("k", "c@127.0.0.1:1") is None
         assert uwsgi.cache_set("k", "v", 0, "c@127.0.0.1:1") is None
