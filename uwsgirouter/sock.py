@@ -102,8 +102,9 @@ def _bind_tcp(address: TcpAddress, backlog: int, defer_accept: int) -> Listener:
 
 
 def set_owner_and_mode(path: str, chmod: int | None, owner: tuple[int, int] | None) -> None:
-    """--chown-socket (uid, gid; -1 keeps one) and --chmod-socket on a UNIX socket file just bound; a
-    ``ConfigError`` names the option (chown to another user needs root)."""
+    """--chown-socket (uid, gid; -1 keeps one) and --chmod-socket on a UNIX socket file just bound, whatever
+    the socket is for (docs/differences.md, "--chown-socket"); a ``ConfigError`` names the option (chown to
+    another user needs root)."""
     if owner is not None:
         try:
             os.chown(path, *owner)

@@ -8,7 +8,8 @@ commands, with how each maps onto uwsgirouter, is ``COMMANDS`` (and docs/signals
 
 The fifo is created (mode 0600, as uWSGI) after the master dropped its privileges; an existing fifo at
 the path is reused (uWSGI deletes and recreates it: a writer already blocked on it would hang forever).
-With ``--vacuum`` the fifos this master created are removed at exit (uWSGI leaves them).
+With ``--vacuum`` the fifos this master created are removed at exit (uWSGI leaves them). The differences
+are docs/differences.md, "The master fifo".
 """
 
 from __future__ import annotations
