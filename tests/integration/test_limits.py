@@ -12,12 +12,15 @@ its descriptor count must come back to its baseline.
 from __future__ import annotations
 
 import resource
+import select
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 
+import psutil
 import pytest
 
 from tests.support import (
@@ -120,3 +123,52 @@ def test_fastrouter_events_4_with_20_concurrent_slow_requests(procs: ProcessMana
     # No timing assertion: whether 4 are served at a time (uwsgirouter's session cap) or all at once (uWSGI's
     # meaning, events per epoll_wait) is not what a client sees; that none is refused or lost is.
     assert router.alive()
+
+
+def router_connections(worker: psutil.Process, port: int) -> int:
+    """Client connections to ``port`` that the router worker has accepted (it holds their sockets)."""
+    return sum(
+        1
+        for conn in worker.net_connections(kind="tcp")
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_ESTABLISHED
+    )
+
+
+def test_an_explicit_fastrouter_events_holds_the_next_client_until_a_session_ends(procs: ProcessManager) -> None:
+    """``--fastrouter-events 3``: three idle clients hold the three sessions; a fourth client's complete request
+    is not taken (nor answered) until one of them leaves, then it is served."""
+    backend_port, port = free_port(), free_port()
+    address = ("127.0.0.1", port)
+    procs.uwsgi_backend(f"127.0.0.1:{backend_port}", "backend", wait_for=("127.0.0.1", backend_port))
+    router = procs.router(
+        "--fastrouter",
+        f"127.0.0.1:{port}",
+        "--fastrouter-to",
+        f"127.0.0.1:{backend_port}",
+        "--fastrouter-events",
+        "3",
+        wait_for=address,
+    )
+    assert uwsgi_request(address, request_vars(host="limits")).status == 200
+    worker = router_worker(router)
+    wait_until(lambda: router_connections(worker, port) == 0, 10, what="the warm-up connection to end")
+    packet = uwsgi_packet(request_vars(host="limits"))
+    with ExitStack() as stack:
+        idle = []
+        for _ in range(3):
+            sock = stack.enter_context(socket.create_connection(address, timeout=10))
+            sock.sendall(packet[:1])  # a head that has begun (and TCP_DEFER_ACCEPT hands it over at once)
+            idle.append(sock)
+        wait_until(lambda: router_connections(worker, port) == 3, 10, what="the 3 idle clients to be accepted")
+        waiting = stack.enter_context(socket.create_connection(address, timeout=10))
+        waiting.sendall(packet)
+        # Held: not accepted, not answered. (Without the cap it is answered within milliseconds.)
+        readable, _, _ = select.select([waiting], [], [], 1.5)
+        assert not readable, "the 4th client was served while 3 sessions were open"
+        assert router_connections(worker, port) == 3
+        assert "3 sessions (--fastrouter-events): not accepting until one ends" in router.log()
+        idle.pop().close()
+        response = Response.parse(read_all(waiting))
+        assert response.status == 200, response.raw[:200]
+        assert b"instance=backend host=limits" in response.body
+    assert router.alive() and router_worker(router).pid == worker.pid
