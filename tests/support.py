@@ -374,3 +374,40 @@ def group_members(pgid: int) -> list[int]:
 def start_router_with_nofile(procs: ProcessManager, nofile: int, *args: str) -> Proc:
     """uwsgirouter started by a shell that lowers RLIMIT_NOFILE first, so master and workers inherit it."""
     return procs.start(["bash", "-c", f'ulimit -n {nofile} && exec "$@"', "bash", *ROUTER, *args], "uwsgirouter")
+
+
+class NotifyListener:
+    """A stand-in for systemd's NOTIFY_SOCKET (a path, or ``@name`` for the abstract namespace): every datagram
+    the master sends, parsed into its assignments (``{"READY": "1", "STATUS": ...}``)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address if not address.startswith("@") else "\0" + address[1:])
+        self.sock.settimeout(0.05)
+        self.messages: list[dict[str, str]] = []
+
+    def receive(self) -> list[dict[str, str]]:
+        """Every message so far (waits briefly for more)."""
+        for _ in range(100):
+            try:
+                datagram = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            self.messages.append(dict(line.split("=", 1) for line in datagram.decode().splitlines()))
+        return self.messages
+
+    def wait_for(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, str]]:
+        """Every message so far, once ``count`` of them carry ``name`` (READY, RELOADING, STOPPING)."""
+        return wait_until(
+            lambda: len([m for m in self.receive() if name in m]) >= count and self.messages,
+            timeout,
+            what=f"{count} message(s) with {name}",
+        )
+
+    def states(self) -> list[str]:
+        """The sequence of state assignments, STATUS-only messages left out."""
+        return [name for m in self.receive() for name in ("READY", "RELOADING", "STOPPING") if name in m]
+
+    def close(self) -> None:
+        self.sock.close()

@@ -4,61 +4,24 @@ test binds) when it is ready, reloading, ready again and stopping, and no worker
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROUTER, ProcessManager, free_port, request_vars, uwsgi_request, wait_until
+from tests.support import ROUTER, NotifyListener, ProcessManager, free_port, request_vars, uwsgi_request, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-class FakeManager:
-    """The receiving end of NOTIFY_SOCKET: every datagram, parsed into its assignments."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(address if not address.startswith("@") else "\0" + address[1:])
-        self.sock.settimeout(0.05)
-        self.messages: list[dict[str, str]] = []
-
-    def receive(self) -> list[dict[str, str]]:
-        """What arrived so far (non-blocking past a short wait)."""
-        for _ in range(100):
-            try:
-                datagram = self.sock.recv(4096)
-            except TimeoutError:
-                break
-            fields = dict(line.split("=", 1) for line in datagram.decode().splitlines())
-            self.messages.append(fields)
-        return self.messages
-
-    def wait_for(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, str]]:
-        return wait_until(
-            lambda: len([m for m in self.receive() if name in m]) >= count and self.messages,
-            timeout,
-            what=f"{count} message(s) with {name}",
-        )
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
-def manager(unix_dir: Path) -> Iterator[FakeManager]:
-    fake = FakeManager(str(unix_dir / "notify"))
+def manager(unix_dir: Path) -> Iterator[NotifyListener]:
+    fake = NotifyListener(str(unix_dir / "notify"))
     try:
         yield fake
     finally:
         fake.close()
-
-
-def kinds(messages: list[dict[str, str]]) -> list[str]:
-    """The sequence of state assignments (READY, RELOADING, STOPPING), STATUS-only messages left out."""
-    return [name for m in messages for name in ("READY", "RELOADING", "STOPPING") if name in m]
 
 
 ENV_APP = """
@@ -72,7 +35,7 @@ def application(environ, start_response):
 
 
 def test_ready_reloading_ready_stopping(
-    procs: ProcessManager, manager: FakeManager, unix_dir: Path, tmp_path: Path
+    procs: ProcessManager, manager: NotifyListener, unix_dir: Path, tmp_path: Path
 ) -> None:
     router_port, app_port = free_port(), free_port()
     (tmp_path / "env_app.py").write_text(ENV_APP)
@@ -98,7 +61,7 @@ def test_ready_reloading_ready_stopping(
 
     router.signal(signal.SIGHUP)
     messages = manager.wait_for("READY", count=2)
-    assert kinds(messages) == ["READY", "RELOADING", "READY"], messages
+    assert manager.states() == ["READY", "RELOADING", "READY"], messages
     reloading = next(m for m in messages if "RELOADING" in m)
     assert reloading["RELOADING"] == "1" and "reloading" in reloading["STATUS"]
     usec = int(reloading["MONOTONIC_USEC"])
@@ -111,14 +74,14 @@ def test_ready_reloading_ready_stopping(
     router.signal(signal.SIGTERM)
     assert router.wait(15) == 0
     messages = manager.receive()
-    assert kinds(messages) == ["READY", "RELOADING", "READY", "STOPPING"], messages
+    assert manager.states() == ["READY", "RELOADING", "READY", "STOPPING"], messages
     assert messages[-1]["STOPPING"] == "1" and "stopping" in messages[-1]["STATUS"]
 
 
 def test_abstract_socket_and_no_manager(procs: ProcessManager, unix_dir: Path) -> None:
     """``@name`` is the abstract namespace; a manager that is gone costs one warning line, not the master."""
     name = f"@uwsgirouter-test-{unix_dir.name}"
-    fake = FakeManager(name)
+    fake = NotifyListener(name)
     try:
         port = free_port()
         router = procs.router(
@@ -131,6 +94,8 @@ def test_abstract_socket_and_no_manager(procs: ProcessManager, unix_dir: Path) -
     router.signal(signal.SIGHUP)
     wait_until(lambda: "cannot notify the service manager" in router.log(), 15, what="the warning")
     assert uwsgi_request(("127.0.0.1", port), request_vars(host="example.com")).status == 502  # still routing
+    # stop once the reload is over: this test is about the notifications, not a stop in the middle of a reload
+    wait_until(lambda: "generation 1 serving" in router.log(), 15, what="the reload to finish")
     router.signal(signal.SIGTERM)
     assert router.wait(15) == 0
     assert router.log().count("cannot notify the service manager") == 1
