@@ -108,6 +108,12 @@ def test_unsupported_and_unknown_commands_are_logged_not_acted_on(
     assert sum("is not supported" in m for m in messages) == 3
     assert "uwsgirouter has no Emperor" in "\n".join(messages)
     assert sum("unknown command 'z'" in m for m in messages) == 1  # rate-limited: one line a second
+    due = service.next_due()
+    assert due is not None
+    with caplog.at_level(logging.INFO, logger="uwsgirouter.master"):
+        service.tick(due)
+    assert "3 more lines like these in the last second were left out" in caplog.records[-1].getMessage()
+    assert service.next_due() is None
 
 
 def test_a_digit_switches_fifo_when_the_writer_closes(fifo: tuple[MasterFifo, Recorder], tmp_path: Path) -> None:

@@ -140,6 +140,13 @@ class MasterFifo(Service):
             self.slot = self.paths.index(self.active)
             self._open(self.active)
 
+    def next_due(self) -> float | None:
+        """Only while unknown characters were left out of the log: their count is written a second later."""
+        return self.notes.window_start + 1.0 if self.notes.suppressed else None
+
+    def tick(self, now: float) -> None:
+        self.notes.flush(now)
+
     def dispatch(self, char: str) -> None:
         """Act on one command character."""
         if ord(char) in WHITESPACE:
