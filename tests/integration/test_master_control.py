@@ -259,15 +259,16 @@ def test_vacuum_removes_the_fifo_it_created(procs: ProcessManager, tmp_path: Pat
 def test_chown_and_chmod_apply_to_every_unix_socket(procs: ProcessManager, unix_dir: Path) -> None:
     nobody = pwd.getpwnam("nobody")
     app, router, subscription = unix_dir / "app.sock", unix_dir / "router.sock", unix_dir / "sub.sock"
-    stats = unix_dir / "stats.sock"
+    stats, master_stats = unix_dir / "stats.sock", unix_dir / "master-stats.sock"
     (unix_dir / "app.py").write_text(PID_APP)
     proc = procs.router(
         "--master", "--socket", str(app), "--wsgi-file", str(unix_dir / "app.py"), "--fastrouter", str(router),
         "--fastrouter-subscription-server", str(subscription), "--fastrouter-stats", str(stats),
+        "--stats", str(master_stats),
         "--chown-socket", f"nobody:{nobody.pw_gid}", "--chmod-socket=620",
         wait_for=str(router),
     )  # fmt: skip
-    for path in (app, router, subscription, stats):
+    for path in (app, router, subscription, stats, master_stats):
         info = os.stat(path)
         assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (nobody.pw_uid, nobody.pw_gid, 0o620), path
     assert proc.alive()
