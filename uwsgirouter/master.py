@@ -26,7 +26,7 @@ from uwsgirouter.config.checks import check_config
 from uwsgirouter.config.preflight import socket_owner
 from uwsgirouter.control import ControlRequests
 from uwsgirouter.errors import ConfigError, HaltServer
-from uwsgirouter.heartbeat import HeartbeatTable
+from uwsgirouter.heartbeat import Counters, HeartbeatTable
 from uwsgirouter.logs import set_process_label
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
 from uwsgirouter.ratelog import LogLimiter
@@ -326,8 +326,8 @@ class Master(ControlRequests):
             return 0  # the master died while this child was being born: nobody to work for
         slot, pid, heartbeats = spec.slot, os.getpid(), self.heartbeats
 
-        def beat(busy_since: float = 0.0, requests: int = 0) -> None:
-            heartbeats.beat(slot, pid, time.monotonic(), busy_since, requests)
+        def beat(busy_since: float = 0.0, requests: int = 0, counters: Counters | None = None) -> None:
+            heartbeats.beat(slot, pid, time.monotonic(), busy_since, requests, counters)
 
         factories: dict[str, Callable[[WorkerSpec], BaseWorker]] = {
             ROUTER: self._router_worker,

@@ -58,6 +58,8 @@ class Connector:
         "reader",
         "replied",
         "resent",
+        "sent",
+        "started",
         "state",
         "to_backend",
         "to_client",

@@ -74,7 +74,8 @@ class Session(Connector):
         self.replied = False  # bytes were sent to the client (no error page possible any more)
         self.body: BodyBuffer | None = None  # a post-buffered body, until it is all sent
         self.after_body = bytearray()  # client bytes that arrived after a post-buffered body
-        self.last_active = worker.now
+        self.last_active = self.started = worker.now
+        self.sent = 0  # bytes sent to the client (the stats' tx)
         self.resent = False  # the request went to a second node after the first broke without answering
         self.broken = None  # that first node, tried again only when no other is left
 
@@ -223,6 +224,7 @@ class Session(Connector):
             self._abort(f"client error: {exc.strerror}")
             return
         self.replied = True
+        self.sent += sent
         if sent < len(data):
             self.to_client += memoryview(data)[sent:]
 
@@ -236,6 +238,7 @@ class Session(Connector):
                 self._abort(f"client error: {exc.strerror}")
                 return
             del self.to_client[:sent]
+            self.sent += sent
         if not self.to_client and (self.backend_eof or self.state == CLOSING):
             self._finish()
 

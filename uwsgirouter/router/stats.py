@@ -2,20 +2,21 @@
 
 The layout is uWSGI's (its corerouter stats server), so tools written for it keep working; it is always valid JSON
 (docs/differences.md, "The stats JSON") and extra fields are only ever added. Counters are those of the serving process,
-as in uWSGI. The document is written without blocking the router: a slow reader just waits.
+as in uWSGI. With ``--stats-http``, ``GET /metrics`` gets the same counters in Prometheus' text format. Each client is
+a ``StatsExchange`` (stats/exchange.py) that the router's loop drives: a slow reader never blocks it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from uwsgirouter import __version__
 from uwsgirouter.router.mappers import StaticMapper
+from uwsgirouter.stats.exchange import JSON_TYPE, METRICS_PATH, METRICS_TYPE, encode_json, http_response
+from uwsgirouter.stats.prometheus import router_metrics
 from uwsgirouter.subscription.mapper import SubscriptionMapper
 
 if TYPE_CHECKING:
@@ -52,7 +53,15 @@ def stats_document(worker: RouterWorker, names: Sequence[str], cheap: bool = Fal
     wall_offset = time.time() - time.monotonic()
     if isinstance(mapper, StaticMapper):
         doc["static_nodes"] = [
-            {"name": n.name, "hits": n.stats.hits, "grace": int(n.dead_until + wall_offset) if n.dead_until else 0}
+            {
+                "name": n.name,
+                "hits": n.stats.hits,
+                "grace": int(n.dead_until + wall_offset) if n.dead_until else 0,
+                "failcnt": n.stats.failures,
+                "tx": n.stats.bytes_from_node,
+                "rx": n.stats.bytes_to_node,
+                "death_mark": 1 if n.dead_until > time.monotonic() else 0,
+            }
             for n in mapper.nodes
         ]
     if isinstance(mapper, SubscriptionMapper):
@@ -94,31 +103,18 @@ def stats_document(worker: RouterWorker, names: Sequence[str], cheap: bool = Fal
     return doc
 
 
-class StatsReply:
-    """Writes one document to one stats client without ever blocking the router's loop."""
-
-    __slots__ = ("data", "done", "sock")
-
-    def __init__(self, sock: socket.socket, data: bytes, done: Callable[[StatsReply], None]) -> None:
-        self.sock = sock
-        self.data = memoryview(data)
-        self.done = done
-
-    def on_writable(self, events: int) -> None:
-        try:
-            sent = self.sock.send(self.data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            sent = len(self.data)
-        self.data = self.data[sent:]
-        if not self.data:
-            self.done(self)
-
-
-def render(worker: RouterWorker, names: Sequence[str], http: bool = False, cheap: bool = False) -> bytes:
-    body = json.dumps(stats_document(worker, names, cheap), indent="\t").encode()
-    if http:
-        head = f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        return head.encode() + body
-    return body
+def render(
+    worker: RouterWorker,
+    names: Sequence[str],
+    http: bool = False,
+    cheap: bool = False,
+    path: str = "",
+    minified: bool = False,
+) -> bytes:
+    """What one stats client gets: the JSON document, or with HTTP a reply with it or (``/metrics``) the metrics."""
+    doc = stats_document(worker, names, cheap)
+    if not http:
+        return encode_json(doc, minified)
+    if path == METRICS_PATH:
+        return http_response(router_metrics(doc), METRICS_TYPE)
+    return http_response(encode_json(doc, minified), JSON_TYPE)

@@ -21,13 +21,15 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from uwsgirouter.config import Config
+from uwsgirouter.heartbeat import CHEAP
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.connector import WAITING
 from uwsgirouter.router.mappers import Mapper, static_nodes
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.session import Session
-from uwsgirouter.router.stats import StatsReply, render
+from uwsgirouter.router.stats import render
 from uwsgirouter.sock import Listener
+from uwsgirouter.stats.exchange import DONE, MAX_CLIENTS, READING, StatsExchange
 from uwsgirouter.workers.base import BaseWorker, Beat
 
 log = logging.getLogger("uwsgirouter.router")
@@ -110,7 +112,8 @@ class RouterWorker(BaseWorker):
         self.stats_listener = stats
         self.stats_names = list(stats_names) or [listener.name for listener in listeners]
         self.stats_http = config.stats_http
-        self.stats_replies: set[StatsReply] = set()
+        self.stats_minified = config.stats_minified
+        self.stats_clients: dict[int, StatsExchange] = {}
         self.listeners = list(listeners)
         self.own_addresses = own_addresses(self.listeners)
         self.mapper = mapper
@@ -183,6 +186,9 @@ class RouterWorker(BaseWorker):
 
     def session_ended(self, session: Session) -> None:
         self.sessions.discard(session)
+        if session.head is not None:  # a request, for the master's stats (uwsgitop's REQ, TX, AVG)
+            self.requests_served += 1
+            self.counters.request_done(self.now - session.started, session.sent)
         if session.node is not None:
             self.mapper.done(session.node)
         if not self.accepting:
@@ -372,31 +378,60 @@ class RouterWorker(BaseWorker):
             if self.stopping and self._drained():
                 break
         self._close_all()
+        self.heartbeat()  # the last requests' counters, for the master's stats
         return 0
 
+    def heartbeat(self) -> None:
+        self.counters.in_flight = len(self.sessions)
+        self.counters.flags = CHEAP if self.is_cheap else 0
+        super().heartbeat()
+
     def _serve_stats(self, events: int) -> None:
-        """A stats client connected: render the document and write it out as the client reads."""
+        """A stats client connected: serve it as its socket becomes ready (stats/exchange.py)."""
         assert self.stats_listener is not None
         try:
             client, _ = self.stats_listener.sock.accept()
         except OSError:
             return
-        document = render(self, self.stats_names, self.stats_http, self.is_cheap)
-        reply = StatsReply(client, document, self._stats_done)
-        self.stats_replies.add(reply)
-        self.handlers[client.fileno()] = reply.on_writable
-        self.ep.register(client.fileno(), select.EPOLLOUT)
+        if len(self.stats_clients) >= MAX_CLIENTS:
+            client.close()
+            return
 
-    def _stats_done(self, reply: StatsReply) -> None:
-        self.stats_replies.discard(reply)
-        self.remove_fd(reply.sock.fileno())
-        reply.sock.close()
+        def answer(path: str) -> bytes:
+            return render(self, self.stats_names, self.stats_http, self.is_cheap, path, self.stats_minified)
+
+        fd = client.fileno()
+        self.stats_clients[fd] = StatsExchange(client, self.stats_http, answer, self.now)
+        self.handlers[fd] = lambda events: self._stats_ready(fd)
+        self.ep.register(fd, 0)
+        self._settle_stats(fd)
+
+    def _stats_ready(self, fd: int) -> None:
+        exchange = self.stats_clients[fd]
+        if exchange.state == READING:
+            exchange.on_readable(self.now)
+        else:
+            exchange.on_writable(self.now)
+        self._settle_stats(fd)
+
+    def _settle_stats(self, fd: int) -> None:
+        exchange = self.stats_clients[fd]
+        if exchange.state == DONE:
+            del self.stats_clients[fd]
+            self.remove_fd(fd)
+            exchange.close()
+        else:
+            self.ep.modify(fd, EPOLLIN if exchange.state == READING else select.EPOLLOUT)
 
     def _sweep(self) -> None:
         """Once a second: idle sessions time out (a request head must be complete within the timeout of
         its accept, however it trickles); a worker whose master died leaves."""
         self.notes.flush(self.now)
         self.limit_notes.flush(self.now)
+        for fd, exchange in list(self.stats_clients.items()):
+            if exchange.deadline <= self.now:
+                exchange.on_deadline(self.now)
+                self._settle_stats(fd)
         deadline = self.now - self.timeout
         for session in [s for s in self.sessions if s.last_active < deadline]:
             session.timed_out()
@@ -433,4 +468,7 @@ class RouterWorker(BaseWorker):
     def _close_all(self) -> None:
         for session in list(self.sessions):
             session._finish()
+        for exchange in self.stats_clients.values():
+            exchange.close()
+        self.stats_clients.clear()
         self.ep.close()

@@ -17,10 +17,12 @@ from types import FrameType
 from typing import ClassVar
 
 from uwsgirouter.config import Config
+from uwsgirouter.heartbeat import Counters
 
 log = logging.getLogger("uwsgirouter.worker")
 
-#: The heartbeat the master gives a worker: ``beat(busy_since, requests)`` (see ``heartbeat.HeartbeatTable``).
+#: The heartbeat the master gives a worker: ``beat(busy_since, requests, counters)`` (see
+#: ``heartbeat.HeartbeatTable``).
 Beat = Callable[..., None]
 
 
@@ -54,13 +56,15 @@ class BaseWorker:
         self.requests_served = 0
         #: monotonic start of the oldest request in hand, 0.0 when idle (the master's harakiri reads it)
         self.busy_since = 0.0
+        #: what the master's stats server shows besides the request count (exceptions, bytes sent, times)
+        self.counters = Counters()
         self._wakeup_r = self._wakeup_w = -1
 
     # -- what the master sees ------------------------------------------------------------------
 
     def heartbeat(self) -> None:
         """Tell the master this worker is alive, whether it is busy, and how many requests it served."""
-        self.beat(self.busy_since, self.requests_served)
+        self.beat(self.busy_since, self.requests_served, self.counters)
 
     def master_gone(self) -> bool:
         """Whether the master died (this process was reparented): then nobody supervises it, it must leave."""

@@ -388,6 +388,7 @@ class WsgiWorker(BaseWorker):
         response = _Response(client, head.get(b"SERVER_PROTOCOL") or b"HTTP/1.0")
         self.app_requests += 1
         self._run_app(environ, response, head)
+        self.counters.request_done(time.monotonic() - start, response.head_size + response.body_size)
         if self.log_requests:
             self._log_request(head, response, start, wall)
         if not response.failed and 0 < stream.unread <= DRAIN_LIMIT:
@@ -418,6 +419,7 @@ class WsgiWorker(BaseWorker):
             if not response.head_sent and not response.failed:
                 response.internal_error()
         except Exception:
+            self.counters.exceptions += 1
             _notes.exception("exception in the app while serving %s:", self._what(head))
             if not response.head_sent and not response.failed:
                 response.internal_error()
