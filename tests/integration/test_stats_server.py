@@ -232,12 +232,22 @@ def test_uwsgitop_watches_a_router_master(procs: ProcessManager, unix_dir: Path)
     )
     send_requests(router_port, 1)
     pids = worker_pids(stats, 2)
+
+    def totals() -> tuple[int, int]:
+        workers = stats_json(stats)["workers"]
+        return sum(w["requests"] for w in workers), sum(w["running_time"] for w in workers)
+
     with uwsgitop(stats) as top:
         top.wait_for(lambda s: all(str(pid) in s for pid in pids), "both router processes on uwsgitop's screen")
+        _, before = wait_until(lambda: (t := totals())[0] == 1 and t, what="the first request counted")
+        started = time.monotonic()
         send_requests(router_port, 30)
+        window = time.monotonic() - started
         top.wait_for(lambda s: "req: 31 " in s, "the 31 routed requests in uwsgitop's header")
         assert set(top.rows()) == set(pids)
         assert top.quit() == 0
+    # one request after another: the time they spent in the router fits in the time it took to send them
+    assert 0 < totals()[1] - before <= window * 1e6
 
 
 def test_the_document_has_uwsgis_layout(procs: ProcessManager) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from uwsgirouter.protocol import (
@@ -74,7 +75,8 @@ class Session(Connector):
         self.replied = False  # bytes were sent to the client (no error page possible any more)
         self.body: BodyBuffer | None = None  # a post-buffered body, until it is all sent
         self.after_body = bytearray()  # client bytes that arrived after a post-buffered body
-        self.last_active = self.started = worker.now
+        self.last_active = worker.now
+        self.started = time.monotonic()  # the loop's clock may be a whole wait old: the stats' times
         self.sent = 0  # bytes sent to the client (the stats' tx)
         self.resent = False  # the request went to a second node after the first broke without answering
         self.broken = None  # that first node, tried again only when no other is left

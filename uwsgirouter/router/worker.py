@@ -188,7 +188,7 @@ class RouterWorker(BaseWorker):
         self.sessions.discard(session)
         if session.head is not None:  # a request, for the master's stats (uwsgitop's REQ, TX, AVG)
             self.requests_served += 1
-            self.counters.request_done(self.now - session.started, session.sent)
+            self.counters.request_done(time.monotonic() - session.started, session.sent)
         if session.node is not None:
             self.mapper.done(session.node)
         if not self.accepting:
