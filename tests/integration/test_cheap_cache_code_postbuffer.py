@@ -10,12 +10,14 @@ code-string mapper gets a str, may return str, bytes or None, and never kills th
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import signal
 import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -697,8 +699,9 @@ def test_slow_upload_holds_the_backend_only_without_post_buffering(
         assert record.busy > 2.5, f"a streamed upload kept the backend busy only {record.busy:.3f} s"
 
 
-@pytest.mark.parametrize("size", [8 * KIB, 8 * KIB + 1, 10 * MIB], ids=["8KiB-memory", "8KiB+1-file", "10MiB"])
+@pytest.mark.parametrize("size", [8 * KIB, 8 * KIB + 1, 10 * MIB], ids=["8KiB", "8KiB+1", "10MiB"])
 def test_post_buffered_bodies_arrive_intact(procs: ProcessManager, tmp_path: Path, size: int) -> None:
+    """Each side of the 8 KiB limit (memory or file: see the test after this one) and a large body."""
     port = uwsgi_backend(procs, "app")
     _, address = post_buffering_router(procs, f"{LOOPBACK}:{port}", buffering_dir(tmp_path))
     body = os.urandom(size)
@@ -719,6 +722,59 @@ def open_files_in(pid: int, directory: Path) -> list[str]:
         if target.startswith(f"{directory}/"):
             found.append(target)
     return found
+
+
+def router_has_read(router_port: int, client: socket.socket) -> bool:
+    """Every byte ``client`` sent so far was read by the router: none waits in the client's send queue, nor in
+    the receive queue of the router's end of the connection (``/proc/net/tcp``)."""
+    unsent = struct.unpack("i", fcntl.ioctl(client.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    if unsent:
+        return False
+    local, remote = f":{router_port:04X}", f":{client.getsockname()[1]:04X}"
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(local) and fields[2].endswith(remote):
+                return int(fields[4].split(":")[1], 16) == 0
+    return False
+
+
+def test_post_buffering_holds_up_to_n_bytes_in_memory_then_an_unlinked_file(
+    procs: ProcessManager, tmp_path: Path
+) -> None:
+    """``--fastrouter-post-buffering 8192``: while a body is incomplete, its first 8192 bytes are in memory (no
+    file in the directory, none open in the router worker); at byte 8193 it moves to a temporary file that is
+    open in the worker yet already unlinked (``/proc/PID/fd`` shows it "(deleted)" in the directory)."""
+    port = uwsgi_backend(procs, "app")
+    directory = buffering_dir(tmp_path)
+    proc, address = post_buffering_router(procs, f"{LOOPBACK}:{port}", directory)
+    worker = router_worker(proc)
+    body = os.urandom(8 * KIB + 1000)
+    with connect(address, 30) as sock:
+        sock.sendall(uwsgi_packet(request_vars("example.com", "/upload", "POST", len(body))) + body[: 8 * KIB])
+        wait_until(lambda: router_has_read(address[1], sock), 10, what="the router to read the first 8 KiB")
+        assert open_files_in(worker.pid, directory) == [], (
+            "the first 8 KiB of a body went to a file (up to N bytes stay in memory)"
+        )
+        assert os.listdir(directory) == []
+
+        sock.sendall(body[8 * KIB : 8 * KIB + 1])  # one byte over the limit, and the client is still sending
+        wait_until(lambda: router_has_read(address[1], sock), 10, what="the router to read byte 8193")
+        held = open_files_in(worker.pid, directory)
+        assert len(held) == 1 and held[0].endswith(" (deleted)"), held
+        assert os.listdir(directory) == [], "the buffer file is visible on disk"
+
+        *pieces, last = [body[offset : offset + 250] for offset in range(8 * KIB + 1, len(body), 250)]
+        for piece in pieces:  # the rest, in slow pieces: the same unlinked file all along
+            sock.sendall(piece)
+            wait_until(lambda: router_has_read(address[1], sock), 10, what="the router to read the next piece")
+            assert open_files_in(worker.pid, directory) == held and os.listdir(directory) == []
+        sock.sendall(last)
+        response = Response.parse(read_all(sock))
+    assert response.status == 200, response.raw
+    assert response.body == b"instance=app " + md5_line(body) + b"\n"
+    wait_until(lambda: not open_files_in(worker.pid, directory), 5, what="the buffer file to be closed")
+    assert os.listdir(directory) == []
 
 
 def cut_upload(address: tuple[str, int], size: int) -> None:
