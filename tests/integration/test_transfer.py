@@ -23,6 +23,7 @@ from tests.support import (
     tree_rss,
     uwsgi_packet,
     uwsgi_request,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -179,3 +180,177 @@ def test_stalled_reader_does_not_make_the_router_buffer_the_response(setup: Setu
     check_big_response(Response.parse(raw[0]))
     assert peak < RSS_BUDGET, f"router tree RSS grew by {peak / 2**20:.1f} MiB while the client stalled"
     assert after < RSS_BUDGET
+
+
+# -- backpressure: a slow peer on one side makes the router stop reading the other ----------------------------
+
+#: What the router worker may grow by while 10 MiB wait on a slow peer: its relay buffers are a few KiB; without
+#: backpressure it would hold most of the 10 MiB.
+BACKPRESSURE_BUDGET = 3 * 1024 * 1024
+#: Socket buffers of the test's own ends: small, so the kernel cannot absorb the transfer for the router.
+SMALL_BUFFER = 64 * 1024
+CHUNK = 64 * 1024
+
+
+class SlowNode:
+    """A uwsgi node in a thread of the test. ``/big``: answers 10 MiB, counting what it managed to send;
+    ``/upload``: reads the head, then the body only once ``release`` is set; anything else: a short answer."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)  # inherited by accepted ones
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sent = 0
+        self.release = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(30)
+                try:
+                    self._handle(conn)
+                except OSError:
+                    pass
+
+    def _handle(self, conn: socket.socket) -> None:
+        head = self._exact(conn, 4)
+        block = self._exact(conn, int.from_bytes(head[1:3], "little"))
+        pairs = {}
+        offset = 0
+        while offset < len(block):
+            size = int.from_bytes(block[offset : offset + 2], "little")
+            name = block[offset + 2 : offset + 2 + size]
+            offset += 2 + size
+            size = int.from_bytes(block[offset : offset + 2], "little")
+            pairs[name] = block[offset + 2 : offset + 2 + size]
+            offset += 2 + size
+        path = pairs.get(b"PATH_INFO", b"/").decode()
+        if path == "/big":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % SIZE)
+            chunk = b"x" * CHUNK
+            for _ in range(SIZE // CHUNK):
+                conn.sendall(chunk)
+                self.sent += CHUNK
+            return
+        body = b""
+        if path == "/upload":
+            self.release.wait(60)
+            body = self._exact(conn, int(pairs.get(b"CONTENT_LENGTH") or 0))
+        answer = f"len={len(body)} md5={hashlib.md5(body).hexdigest()}".encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    @staticmethod
+    def _exact(conn: socket.socket, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = conn.recv(min(size - len(data), CHUNK))
+            if not chunk:
+                raise ConnectionError("closed early")
+            data += chunk
+        return bytes(data)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.release.set()
+        self.thread.join(10)
+        self.listener.close()
+
+
+@pytest.fixture
+def slow_node(procs: ProcessManager) -> Iterator[tuple[SlowNode, Proc, tuple[str, int]]]:
+    node = SlowNode()
+    try:
+        port = free_port()
+        address = ("127.0.0.1", port)
+        router = procs.router("--fastrouter", f"127.0.0.1:{port}", "--fastrouter-to", node.address, wait_for=address)
+        assert uwsgi_request(address).status == 200  # warm-up: the baseline includes a served request
+        yield node, router, address
+    finally:
+        node.close()
+
+
+def settled(progress: Callable[[], int], what: str) -> int:
+    """Wait until ``progress()`` reached SIZE or has not moved for a second (the transfer is stuck on the slow
+    peer); returns it."""
+    last = [-1, time.monotonic()]
+
+    def done() -> bool:
+        value, now = progress(), time.monotonic()
+        if value != last[0]:
+            last[:] = [value, now]
+        return value >= SIZE or now - last[1] >= 1.0
+
+    wait_until(done, 60, interval=0.05, what=what)
+    return progress()
+
+
+def small_socket(address: tuple[str, int]) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    sock.settimeout(30)
+    sock.connect(address)
+    return sock
+
+
+def test_a_client_that_does_not_read_stops_the_router_reading_the_node(
+    slow_node: tuple[SlowNode, Proc, tuple[str, int]],
+) -> None:
+    node, router, address = slow_node
+    worker = psutil.Process(router.pid).children()[0]
+    baseline = worker.memory_info().rss
+    with small_socket(address) as client:
+        client.sendall(uwsgi_packet(request_vars(path="/big")))
+        sent = settled(lambda: node.sent, "the node's answer to stall or end")
+        grown = worker.memory_info().rss - baseline
+        assert grown < BACKPRESSURE_BUDGET, (
+            f"the router worker grew by {grown / 2**20:.1f} MiB for a client that reads nothing"
+            f" (the node sent {sent / 2**20:.1f} MiB)"
+        )
+        assert sent < SIZE, "the whole answer left the node although the client read nothing"
+        check_big_response(Response.parse(read_all(client)))
+
+
+def test_a_node_that_does_not_read_stops_the_router_reading_the_client(
+    slow_node: tuple[SlowNode, Proc, tuple[str, int]],
+) -> None:
+    node, router, address = slow_node
+    worker = psutil.Process(router.pid).children()[0]
+    baseline = worker.memory_info().rss
+    body = upload_body()
+    sent = [0]
+    with small_socket(address) as client:
+        client.sendall(uwsgi_packet(request_vars(method="POST", path="/upload", body_len=len(body))))
+
+        def upload() -> None:
+            try:
+                for offset in range(0, len(body), CHUNK):
+                    client.sendall(body[offset : offset + CHUNK])
+                    sent[0] = offset + CHUNK
+            except OSError:
+                pass  # the test failed and closed the socket: its assertion says why
+
+        uploader = threading.Thread(target=upload, daemon=True)
+        uploader.start()
+        settled(lambda: sent[0], "the upload to stall or end")
+        grown = worker.memory_info().rss - baseline
+        node.release.set()
+        uploader.join(30)
+        assert not uploader.is_alive()
+        response = Response.parse(read_all(client))
+    assert grown < BACKPRESSURE_BUDGET, (
+        f"the router worker grew by {grown / 2**20:.1f} MiB for a node that reads nothing"
+        f" (the client had sent {sent[0] / 2**20:.1f} MiB)"
+    )
+    check_upload(response, body)
