@@ -771,3 +771,50 @@ def test_uid_gid_drop_privileges_after_binding(procs: ProcessManager, site: Site
         assert uwsgi_request(("127.0.0.1", port), request_vars()).body == b"ok"
     finally:
         shutil.rmtree(public, ignore_errors=True)
+
+
+# -- SIGHUP re-reads the configuration ----------------------------------------------------------------------
+
+RELOAD_INI = """\
+[uwsgi]
+master = true
+fastrouter = 127.0.0.1:{port}
+fastrouter-to = {node}
+fastrouter-timeout = {timeout}
+"""
+
+
+def test_sighup_rereads_the_ini_file_and_ignores_a_broken_edit(procs: ProcessManager, tmp_path: Path) -> None:
+    """An INI file edited to send requests to another node is picked up by SIGHUP; an edit that breaks it is
+    logged ("reload aborted ...") and ignored: the same workers go on serving with the last good configuration."""
+    node_ports = [free_port(), free_port()]
+    for name, node_port in zip(("old", "new"), node_ports, strict=True):
+        procs.uwsgi_backend(f"127.0.0.1:{node_port}", name, wait_for=("127.0.0.1", node_port))
+    port = free_port()
+    address = ("127.0.0.1", port)
+    ini = tmp_path / "site.ini"
+    ini.write_text(RELOAD_INI.format(port=port, node=f"127.0.0.1:{node_ports[0]}", timeout=30))
+    proc = procs.router(str(ini), wait_for=address)
+
+    def served_by() -> bytes:
+        response = uwsgi_request(address, request_vars(host="site"))
+        assert response.status == 200, response.raw[:200]
+        return response.body.split(b" ")[0]
+
+    assert served_by() == b"instance=old"  # served: the master's signal handlers are installed
+    first = wait_for_workers(proc.pid, {"uwsgirouter fastrouter 1"})
+
+    ini.write_text(RELOAD_INI.format(port=port, node=f"127.0.0.1:{node_ports[1]}", timeout=30))
+    proc.signal(signal.SIGHUP)
+    wait_until(lambda: served_by() == b"instance=new", 15, what="requests to go to the node of the edited file")
+    second = new_generation(proc.pid, set(first), 1, 15)
+    assert [served_by() for _ in range(5)] == [b"instance=new"] * 5
+
+    ini.write_text(RELOAD_INI.format(port=port, node=f"127.0.0.1:{node_ports[0]}", timeout="soon"))
+    proc.signal(signal.SIGHUP)
+    wait_until(lambda: "reload aborted" in proc.log(), 10, what="the broken edit to be refused")
+    line = next(line for line in proc.log().splitlines() if "reload aborted" in line)
+    assert "fastrouter-timeout" in line and "soon" in line, line
+    assert [served_by() for _ in range(5)] == [b"instance=new"] * 5, "the broken file was used"
+    assert workers(proc.pid) == second, "the workers were replaced although the reload was aborted"
+    assert proc.alive(), proc.log()
