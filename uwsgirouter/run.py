@@ -7,7 +7,7 @@ import signal
 from collections.abc import Mapping, Sequence
 
 from uwsgirouter.config import Config
-from uwsgirouter.logs import setup_logging
+from uwsgirouter.logs import start_logging
 from uwsgirouter.master import run_master
 from uwsgirouter.proc import daemonize, signal_pidfile
 
@@ -23,5 +23,5 @@ def run(config: Config, argv: Sequence[str] = (), environ: Mapping[str, str] | N
         os.umask(config.umask)  # before the log files, sockets, pidfiles and fifos are created (uWSGI: at once)
     if config.daemonize:
         daemonize(config.daemonize)
-    setup_logging(config.logto)
+    start_logging(config)
     return run_master(config, argv, environ)

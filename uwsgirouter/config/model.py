@@ -9,6 +9,7 @@ from typing import Any
 
 from uwsgirouter.config.compat_options import CompatOptions
 from uwsgirouter.config.instance_options import AppOptions, SocketOptions
+from uwsgirouter.config.log_options import LogOptions
 from uwsgirouter.config.process_options import ConfigOptions, ProcessOptions
 from uwsgirouter.config.router_options import RouterOptions
 from uwsgirouter.config.setting import Setting
@@ -32,6 +33,7 @@ class Config(
     SocketOptions,
     AppOptions,
     ProcessOptions,
+    LogOptions,
     ConfigOptions,
     CompatOptions,
 ):

@@ -32,6 +32,10 @@ def check_environment(config: Config) -> None:
     if config.pidfile2:
         # written after the privileges are dropped: the new user must be able to write it
         _writable_file("pidfile2", _within(base, config.pidfile2), uid, gid)
+    if config.logto2:
+        # opened after the privileges are dropped, as the new user
+        _writable_file("logto2", _within(base, config.logto2), uid, gid)
+    _log_rotation(config, base, uid, gid)
     if config.wsgi_file and not os.path.isfile(_within(base, config.wsgi_file)):
         raise ConfigError(f"--wsgi-file {config.wsgi_file}: no such file")
     socket_owner(config.chown_socket)
@@ -65,6 +69,25 @@ def _fifo_path(path: str, uid: int | None, gid: int | None) -> None:
         raise ConfigError(f"--master-fifo {path}: {exc.strerror}") from None
     if not stat.S_ISFIFO(info.st_mode):
         raise ConfigError(f"--master-fifo {path}: exists and is not a fifo")
+
+
+def _log_rotation(config: Config, base: str | None, uid: int | None, gid: int | None) -> None:
+    """--log-maxsize: the master renames the log file and creates a new one, after dropping privileges."""
+    path = config.logto2 or config.daemonize or config.logto
+    if not config.log_maxsize or not path:
+        return  # nothing to rotate (said at start)
+    directory = os.path.dirname(_within(base, path)) or "."
+    if not _may_write(directory, uid, gid, need_search=True):
+        raise ConfigError(f"--log-maxsize {config.log_maxsize}: the directory {directory} of {path} is not writable")
+    backup = config.log_backupname
+    if backup:
+        backup_dir = os.path.dirname(_within(base, backup)) or "."
+        if not os.path.isdir(backup_dir):
+            raise ConfigError(f"--log-backupname {backup}: no such directory {backup_dir}")
+        if not _may_write(backup_dir, uid, gid, need_search=True):
+            raise ConfigError(f"--log-backupname {backup}: the directory {backup_dir} is not writable")
+        if os.stat(backup_dir).st_dev != os.stat(directory).st_dev:
+            raise ConfigError(f"--log-backupname {backup}: not on the file system of {path} (it is renamed there)")
 
 
 def _within(base: str | None, path: str) -> str:

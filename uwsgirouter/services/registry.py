@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from uwsgirouter.services.base import Service
 from uwsgirouter.services.fifo import build_fifo
+from uwsgirouter.services.logfile import build_log_file
 from uwsgirouter.services.notify import build_notifier
 from uwsgirouter.services.stats import build_stats_server
 from uwsgirouter.services.touch import build_touch_watcher
@@ -19,6 +20,8 @@ def build_services(master: Master) -> list[Service]:
     needs from the master here, at construction (config, arbiter, sockets, heartbeats), and asks the master
     for actions only through ``MasterControl`` (the master itself)."""
     services: list[Service] = []
+    if log_file := build_log_file(master):  # first: --logto2 takes over before the others log
+        services.append(log_file)
     if stats := build_stats_server(master):
         services.append(stats)
     if notifier := build_notifier(master):

@@ -30,6 +30,7 @@ from wsgiref.types import WSGIApplication
 
 from uwsgirouter import uwsgi_module
 from uwsgirouter.config import Config
+from uwsgirouter.logs import RequestLog
 from uwsgirouter.protocol import (
     Body,
     ConnectionClosed,
@@ -246,7 +247,7 @@ class WsgiWorker(BaseWorker):
         self.buffer_size: int = config.buffer_size
         self.max_pairs: int = 2 * config.max_vars
         self.timeout: float | None = float(config.socket_timeout) or None
-        self.log_requests = not config.disable_logging
+        self.request_log = RequestLog(config)
         self.node = socket.gethostname().encode("utf-8", "surrogateescape")
         self.app_requests = 0
         self.exit_status = 0
@@ -389,7 +390,7 @@ class WsgiWorker(BaseWorker):
         self.app_requests += 1
         self._run_app(environ, response, head)
         self.counters.request_done(time.monotonic() - start, response.head_size + response.body_size)
-        if self.log_requests:
+        if self.request_log.wants(response.status_code, time.monotonic() - start):
             self._log_request(head, response, start, wall)
         if not response.failed and 0 < stream.unread <= DRAIN_LIMIT:
             self._drain_body(client, stream.unread)
