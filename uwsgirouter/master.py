@@ -28,6 +28,7 @@ from uwsgirouter.control import ControlRequests
 from uwsgirouter.errors import ConfigError, HaltServer
 from uwsgirouter.heartbeat import Counters, HeartbeatTable
 from uwsgirouter.logs import set_process_label
+from uwsgirouter.preload import preload
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.cache_mapper import build_cache_mapper
@@ -571,6 +572,7 @@ def run_master(config: Config, argv: Sequence[str] = (), environ: Mapping[str, s
             pidfiles[-1].create(os.getpid())
         master = Master(config, argv, environ)
         master.pidfiles = pidfiles  # the same list: --pidfile2 joins it below
+        preload()
         drop_privileges(config.uid, config.gid)
         if config.pidfile2:
             pidfiles.append(Pidfile(config.pidfile2))

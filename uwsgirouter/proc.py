@@ -58,6 +58,8 @@ def signal_pidfile(path: str, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         raise ConfigError(f"no process with pid {pid} (from {path})") from None
+    except PermissionError:
+        raise ConfigError(f"not allowed to signal pid {pid} (from {path}): run this as its user or root") from None
 
 
 class Pidfile:
