@@ -40,7 +40,20 @@ PCRE_ONLY = [
     ),
     *(f"static-expires{suffix}" for suffix in ("", "-mtime", "-uri", "-uri-mtime", "-path-info", "-path-info-mtime")),
     "static-gzip",
+    "if-hostname-match",
+    "if-not-hostname-match",
 ]
+#: Options of plugins the PyPI build does not ship, which real router configurations use: the external dgram_router
+#: plugin (forwards subscription datagrams to other routers; uwsgi.it's fastrouter.ini).
+PLUGIN_ONLY = {
+    "dgram_router": [
+        "dgram-router",
+        "dgram-router-to",
+        "dgram-router-bind",
+        "dgram-router-psk-in",
+        "dgram-router-psk-out",
+    ]
+}
 
 #: (argument type, help, function, data) of one option table entry
 Entry = tuple[int, str, int, int]
@@ -125,6 +138,9 @@ def render(uwsgi: Path) -> str:
     lines += [f"{name}\t-\trequired" for name in PCRE_ONLY if name not in table]
     if "router-list" not in table:
         lines.append("router-list routers-list\t-\tnone")
+    for plugin, names in PLUGIN_ONLY.items():
+        lines.append(f"# options of the {plugin} plugin, which this uWSGI build lacks")
+        lines += [f"{name}\t-\trequired" for name in names if name not in table]
     return "\n".join(lines) + "\n"
 
 

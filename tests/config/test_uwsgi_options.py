@@ -82,7 +82,7 @@ def test_command_line_uwsgi_options_take_their_value_as_uwsgi_does() -> None:
     assert config.first("stats-push") == "statsd:127.0.0.1:8125"
 
 
-@pytest.mark.parametrize("name", ["emperor", "http", "http-socket", "https", "ssl-socket", "route", "mount", "if-env"])
+@pytest.mark.parametrize("name", ["emperor", "http", "http-socket", "https", "ssl-socket", "route", "mount", "inherit"])
 def test_options_whose_absence_matters_are_refused(capsys: pytest.CaptureFixture[str], name: str) -> None:
     code, err = run(capsys, "--dry-run", f"--{name}=x", "--stats", ":1")
     assert code == 2

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from uwsgirouter.config.ini import read_ini, split_ini_spec
+from uwsgirouter.config.logic import ConfigLogic
 from uwsgirouter.config.model import REGISTRY, Config, Entry
 from uwsgirouter.config.setting import Arg
 from uwsgirouter.config.uwsgi_names import UWSGI_OPTIONS, UWSGI_SHORTS, foreign_plugins
@@ -120,8 +121,9 @@ def _short_options(argv: Sequence[str], i: int, arg: str, entries: list[Entry]) 
 class _Expander:
     """Expands ``ini`` entries (and positional files) in place, remembering uWSGI's 'previous file'."""
 
-    def __init__(self, warn: Callable[[str], None]) -> None:
+    def __init__(self, warn: Callable[[str], None], environ: Mapping[str, str]) -> None:
         self.warn = warn
+        self.logic = ConfigLogic(environ, self._first_added, warn)
         self.previous_path: str | None = None
         self.first_table: dict[str, str] | None = None
         self.out: list[Entry] = []
@@ -134,14 +136,42 @@ class _Expander:
 
     def add(self, entries: Sequence[Entry], depth: int = 0) -> None:
         for entry in entries:
-            self.out.append(entry)
-            if entry.key == "ini":
-                self.load_file(entry.value or "", depth)
-            elif entry.key == "set" and entry.value is not None:
-                name, eq, value = entry.value.partition("=")
-                if not eq or not name:
-                    raise ConfigError(f"--set {entry.value!r}: expected NAME=VALUE")
-                self.out.append(Entry(name, value, entry.origin))
+            values = self.logic.feed(entry.key, entry.value, entry.origin)
+            if values is None:
+                continue
+            inside = self.logic.opener is not None and not self.logic.verbatim
+            self.logic.verbatim += inside
+            try:
+                for value in values:
+                    self.take(Entry(entry.key, value, entry.origin), depth)
+            finally:
+                self.logic.verbatim -= inside
+
+    def take(self, entry: Entry, depth: int) -> None:
+        """One option that passed the configuration logic: kept, and expanded when it loads or sets others."""
+        if entry.key == "include":
+            # uWSGI's immediate include: INI files only here, read in place like ``ini``.
+            if not (entry.value or "").endswith(".ini"):
+                raise ConfigError(
+                    f"include = {entry.value} ({entry.origin}): uwsgirouter includes INI files only (FILE.ini)"
+                )
+            self.load_file(entry.value or "", depth)
+            return
+        self.out.append(entry)
+        if entry.key == "ini":
+            self.load_file(entry.value or "", depth)
+        elif entry.key == "set" and entry.value is not None:
+            name, eq, value = entry.value.partition("=")
+            if not eq or not name:
+                raise ConfigError(f"--set {entry.value!r}: expected NAME=VALUE")
+            self.out.append(Entry(name, value, entry.origin))
+
+    def _first_added(self, name: str) -> str | None:
+        """``if-opt``'s lookup: the first value added so far under exactly that name, as uWSGI's."""
+        for entry in self.out:
+            if entry.key == name:
+                return entry.value
+        return None
 
     def load_file(self, spec: str, depth: int) -> None:
         if depth >= MAX_INI_DEPTH:
@@ -347,12 +377,15 @@ def _print_warning(message: str) -> None:
 def _load(
     argv: Sequence[str], environ: Mapping[str, str], warn: Callable[[str], None]
 ) -> tuple[list[Entry], list[str]]:
-    expander = _Expander(warn)
+    expander = _Expander(warn, environ)
     expander.add(env_entries(environ))
     cli, positional = argv_entries(argv)
     expander.add(cli)
     for path in positional:
         expander.load_positional(path)
+    unclosed = expander.logic.unclosed()
+    if unclosed:
+        warn(unclosed)
     return substitute(expander.out, environ), list(expander.problems)
 
 

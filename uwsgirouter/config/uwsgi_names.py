@@ -16,8 +16,7 @@ from importlib.resources import files
 from uwsgirouter.config.setting import Arg
 
 _LISTENER = "its clients would find nothing listening: uwsgirouter serves the uwsgi protocol only"
-_LOGIC = "uwsgirouter has no configuration logic, so every block would apply unconditionally"
-_LOADER = "the options in that file would be lost: uwsgirouter reads INI files only (--ini)"
+_LOADER = "the options in that file would be lost: uwsgirouter reads INI files only (--ini, include = FILE.ini)"
 _SANDBOX = "the processes would run with more access than configured"
 
 #: uWSGI options that are refused when given; every alias of an option counts.
@@ -46,11 +45,10 @@ REFUSED: dict[str, str] = {
     ),
     "mount": "requests would reach another application than its mountpoints say",
     "worker-mount": "requests would reach another application than its mountpoints say",
-    **dict.fromkeys(("include", "inherit", "config", "xml", "yaml"), _LOADER),
+    **dict.fromkeys(("inherit", "config", "xml", "yaml"), _LOADER),
     **dict.fromkeys(("chroot", "namespace", "unshare", "unshare2"), _SANDBOX),
 }
 _ROUTING = re.compile(r"^(final-|error-|response-)?route(-.*)?$")
-_OPT_LOGIC = re.compile(r"^(if-.*|ifenv|ifexists|ifplugin|ifdir|for(-glob|-times|-readline)?|end-?(if|for))$")
 _ROUTING_REASON = "its routing rules (redirects, access checks, rewrites) would not run"
 
 #: Plugins whose work uwsgirouter does itself: ``python``, ``python3``, ``python311``..., the routers.
@@ -75,8 +73,6 @@ class UwsgiOption:
         for name in self.names:
             if name in REFUSED:
                 return REFUSED[name]
-            if _OPT_LOGIC.match(name):
-                return _LOGIC
             if _ROUTING.match(name):
                 return _ROUTING_REASON
         return None
@@ -113,6 +109,11 @@ def plugin_names(values: Iterable[str]) -> list[str]:
     return names
 
 
+def built_in_plugin(name: str) -> bool:
+    """Whether uwsgirouter does the work of plugin ``name`` itself (what ``if-plugin`` tests)."""
+    return _BUILT_IN_PLUGIN.match(name) is not None
+
+
 def foreign_plugins(values: Iterable[str]) -> list[str]:
     """The plugins named in ``values`` whose work uwsgirouter does not do."""
-    return [name for name in plugin_names(values) if not _BUILT_IN_PLUGIN.match(name)]
+    return [name for name in plugin_names(values) if not built_in_plugin(name)]
