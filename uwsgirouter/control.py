@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from uwsgirouter.errors import HaltServer
-from uwsgirouter.logs import reopen_logs
+from uwsgirouter.logs import log_file, reopen_logs
 
 if TYPE_CHECKING:
     from uwsgirouter.arbiter import Arbiter
@@ -115,12 +115,14 @@ class ControlRequests:
             log.warning("cannot reopen the log file: %s; logging goes on to the old one", exc)
 
     def _rotate_log(self) -> None:
-        """uWSGI's log rotation: the log file becomes FILE.<unix time>, and a new FILE is opened."""
-        path = self.config.logto or self.config.daemonize
-        if not path:
-            log.info("no log file to rotate (neither --logto nor --daemonize)")
+        """uWSGI's log rotation: the log file becomes --log-backupname or FILE.<unix time>, and a new FILE is
+        opened (the other processes follow it by name, see ``logs``)."""
+        current = log_file()
+        if current is None:
+            log.info("no log file to rotate (no --logto, --logto2 or --daemonize)")
             return
-        rotated = f"{path}.{int(time.time())}"
+        path = current.path
+        rotated = self.config.log_backupname or f"{path}.{int(time.time())}"
         log.info("rotating the log to %s", rotated)
         try:
             os.rename(path, rotated)

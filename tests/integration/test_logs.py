@@ -233,3 +233,18 @@ def test_log_maxsize_without_a_log_file_says_so(procs: ProcessManager) -> None:
         wait_for=("127.0.0.1", port),
     )  # fmt: skip
     wait_until(lambda: "--log-maxsize: there is no log file to rotate" in proc.log(), 10, what="the warning")
+
+
+def test_the_fifo_s_rotation_uses_the_backup_name_and_logto2(procs: ProcessManager, tmp_path: Path) -> None:
+    """The master fifo's L rotates the file being written (--logto2's here) to --log-backupname, as uWSGI."""
+    from tests.integration.test_master_control import send, start_instance
+
+    fifo, first, log_file, backup = tmp_path / "m.fifo", tmp_path / "first.log", tmp_path / "i.log", tmp_path / "i.bak"
+    start_instance(
+        procs, tmp_path, "--master-fifo", str(fifo), "--logto", str(first), "--logto2", str(log_file),
+        "--log-backupname", str(backup),
+    )  # fmt: skip
+    send(fifo, "L")
+    wait_until(lambda: "log rotated" in log_file.read_text(), 10, what="the rotation")
+    assert f"rotating the log to {backup}" in backup.read_text()
+    assert not list(tmp_path.glob("*.log.[0-9]*"))
