@@ -54,7 +54,8 @@ class LogFile:
     """The log file, opened onto descriptors 1 and 2 (``targets``) and followed by name."""
 
     def __init__(self, path: str, targets: tuple[int, ...] = (1, 2)) -> None:
-        self.path = path
+        # absolute: the name must lead to the same place after --chdir
+        self.path = os.path.abspath(path)
         self.targets = targets
         #: (st_dev, st_ino) of the file descriptors 1 and 2 lead to
         self.identity: tuple[int, int] | None = None

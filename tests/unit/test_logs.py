@@ -44,6 +44,19 @@ def test_a_renamed_log_file_is_replaced_at_the_next_line(tmp_path: Path, spare_f
     assert oct(path.stat().st_mode & 0o777) == oct(0o640)  # as uWSGI creates it
 
 
+def test_a_relative_name_is_followed_from_where_it_was_opened(
+    tmp_path: Path, spare_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = LogFile("router.log", (spare_fd,))
+    log.open()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # as --chdir does after the log is open
+    write(spare_fd, log, "line")
+    assert (tmp_path / "router.log").read_text() == "line\n"
+    assert not (tmp_path / "elsewhere" / "router.log").exists()
+
+
 def test_a_removed_log_file_is_created_again(tmp_path: Path, spare_fd: int) -> None:
     path = tmp_path / "router.log"
     log = LogFile(str(path), (spare_fd,))
