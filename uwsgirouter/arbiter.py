@@ -36,6 +36,8 @@ APP = "worker"
 #: Exit codes a worker uses when it cannot start; the master stops instead of crash-looping.
 WORKER_BOOT_ERROR = 3
 APP_LOAD_ERROR = 4
+#: Exit code of an app worker that left to be replaced (--max-requests, --reload-on-rss): respawned at once.
+WORKER_RECYCLED = 5
 BOOT_FAILURES = (WORKER_BOOT_ERROR, APP_LOAD_ERROR)
 #: A worker that dies sooner than this after its start did not really run: respawn with a back-off.
 MIN_LIFETIME_S = 1.0
@@ -233,6 +235,10 @@ class Arbiter:
             log.info("%s %d (pid %d) exited (%s)", spec.kind, spec.number, worker.pid, what)
             return
         code = exit_code(status)
+        if code == WORKER_RECYCLED:
+            log.info("%s %d (pid %d) recycled; respawning", spec.kind, spec.number, worker.pid)
+            self.respawns.append(_Respawn(spec.kind, spec.number, now))
+            return
         if not worker.booted:
             # It may have beaten after the master's last look: then it was serving, not failing to start
             # (a crash in a router's first second must not stop the whole router).

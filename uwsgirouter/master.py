@@ -228,8 +228,9 @@ class Master(ControlRequests):
         ``--import``/``--shared-import`` modules, and ``--file`` when there are no app workers to serve
         it (a fastrouter-only instance: the seed's "Way 3" fills the cache this way)."""
         from uwsgirouter.uwsgi_module import install
-        from uwsgirouter.workers.app_loader import AppLoadError, apply_env, run_file
+        from uwsgirouter.workers.app_loader import AppLoadError, apply_env, apply_python_paths, run_file
 
+        apply_python_paths(config)  # before any user code; the workers inherit it
         scripts = [*config.import_, *config.shared_import]
         if config.wsgi_file and not apps:
             scripts.append(config.wsgi_file)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uwsgirouter.config.converters import (
     ADDRESS,
+    COUNT,
     KEY_VALUE,
     NON_EMPTY,
     OCTAL_MODE,
@@ -78,5 +79,39 @@ class AppOptions:
     processes = Scalar(POSITIVE, 1, short="p", aliases=["workers"], help="Number of app workers.")
     harakiri = Scalar(SECONDS, 0, short="t", help="Kill and respawn an app worker stuck on one request this long.")
     need_app = Flag(arg=Arg.OPTIONAL, help="Exit if the app cannot be loaded.")
-    enable_threads = Flag(short="T", help="Accepted for compatibility; has no effect.")
+    enable_threads = Flag(
+        short="T", help="Accepted for compatibility: threads the app starts always run (uWSGI needs this flag)."
+    )
+    threads = Scalar(
+        POSITIVE,
+        1,
+        help="Threads in each app worker, each serving one request at a time (the app must be thread-safe).",
+    )
+    max_requests = Scalar(
+        COUNT,
+        0,
+        short="R",
+        help="Recycle an app worker after it served this many requests: it finishes them, exits and is replaced.",
+    )
+    max_requests_delta = Scalar(COUNT, 0, help="Add (worker id - 1) times this to --max-requests of each worker.")
+    min_worker_lifetime = Scalar(
+        SECONDS, 10, help="Seconds an app worker runs before --max-requests or --reload-on-rss may recycle it."
+    )
+    reload_on_rss = Scalar(
+        integer(0, metavar="MB"),
+        0,
+        help="Recycle an app worker whose resident memory reached this many megabytes after a request.",
+    )
+    virtualenv: Scalar[str | None] = Scalar(
+        PATH,
+        None,
+        short="H",
+        aliases=["home", "venv", "pyhome"],
+        help="Virtualenv of the app: its site-packages (and their .pth files) go first on sys.path.",
+    )
+    pythonpath = Multi(
+        PATH,
+        aliases=["python-path", "pp"],
+        help="Put this directory (or each match of this glob) first on sys.path before the app loads. Repeatable.",
+    )
     disable_logging = Flag(short="L", help="Do not log each request served by app workers.")

@@ -38,6 +38,8 @@ def check_environment(config: Config) -> None:
     _log_rotation(config, base, uid, gid)
     if config.wsgi_file and not os.path.isfile(_within(base, config.wsgi_file)):
         raise ConfigError(f"--wsgi-file {config.wsgi_file}: no such file")
+    if config.virtualenv and not os.path.isdir(_within(base, config.virtualenv)):
+        raise ConfigError(f"--virtualenv {config.virtualenv}: no such directory")
     socket_owner(config.chown_socket)
     for path in config.master_fifo:
         # created after the privileges are dropped, as in uWSGI

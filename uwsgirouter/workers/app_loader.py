@@ -13,9 +13,11 @@ callable, the user's traceback (without our frames) when their code raised.
 
 from __future__ import annotations
 
+import glob
 import importlib
 import logging
 import os
+import site
 import sys
 import traceback
 import types
@@ -27,7 +29,11 @@ from uwsgirouter import uwsgi_module
 from uwsgirouter.config import Config
 from uwsgirouter.errors import UwsgiRouterError
 
-__all__ = ["AppLoadError", "apply_env", "load_app", "module_name_for_file", "run_file"]
+__all__ = ["AppLoadError", "apply_env", "apply_python_paths", "load_app", "module_name_for_file", "run_file"]
+
+log = logging.getLogger("uwsgirouter.app")
+#: sys.path entries put there by ``apply_python_paths`` (a worker forked from the master has them already)
+_added: set[str] = set()
 
 _PREFIXES = ("sym://", "http://", "data://")
 
@@ -52,6 +58,45 @@ def apply_env(config: Config) -> None:
     """``--env NAME=VALUE``: set before any user code runs, in option order (last one wins)."""
     for name, value in config.env:
         os.environ[name] = value
+
+
+def venv_site_packages(home: str) -> str:
+    """The site-packages of the virtualenv ``home`` for the running Python (lib/pythonX.Y/site-packages)."""
+    return os.path.join(home, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
+
+
+def pythonpath_entries(value: str) -> list[str]:
+    """uWSGI's ``--pythonpath`` value: each match of the glob, sorted, directories with a trailing slash
+    (glob(3) with GLOB_MARK); the value as written when nothing matches."""
+    matches = sorted(glob.glob(value))
+    if not matches:
+        return [value]
+    return [path + "/" if os.path.isdir(path) and not path.endswith("/") else path for path in matches]
+
+
+def apply_python_paths(config: Config) -> None:
+    """``--virtualenv`` and ``--pythonpath``, before any user code runs: the virtualenv's site-packages (and
+    what its .pth files name) go first on sys.path, then each pythonpath entry is put in front in turn (so
+    the last given comes first, as in uWSGI). Entries already added in this process are not added twice."""
+    if config.virtualenv:
+        packages = venv_site_packages(config.virtualenv)
+        if packages not in _added:
+            _added.add(packages)
+            if not os.path.isdir(packages):
+                log.warning("--virtualenv %s: no %s (a virtualenv of another Python?)", config.virtualenv, packages)
+            else:
+                before = list(sys.path)
+                site.addsitedir(packages)
+                new = [entry for entry in sys.path if entry not in before]
+                sys.path[:] = new + before
+                log.info("added %s to pythonpath.", packages)
+    for value in config.pythonpath:
+        if value in _added:
+            continue
+        _added.add(value)
+        for entry in pythonpath_entries(value):
+            sys.path.insert(0, entry)
+            log.info("added %s to pythonpath.", entry)
 
 
 def _prepare_sys_path(directory: str | None = None) -> None:
@@ -133,6 +178,7 @@ def load_app(config: Config) -> WSGIApplication:
         AppLoadError: no app configured, file or module missing, user code raised, no such callable.
     """
     apply_env(config)
+    apply_python_paths(config)
     if not uwsgi_module.installed():
         uwsgi_module.install(config)
     callable_name: str = config.callable or "application"

@@ -87,6 +87,13 @@ class BaseWorker:
         except BlockingIOError:
             pass
 
+    def wake(self) -> None:
+        """Make the loop look at the flags now (for a thread that set one: signals wake it by themselves)."""
+        try:
+            os.write(self._wakeup_w, b"\0")
+        except OSError:
+            pass  # the pipe is full (the loop wakes anyway) or already closed (the loop is over)
+
     # -- the process ---------------------------------------------------------------------------
 
     def init_process(self) -> int:

@@ -1,4 +1,5 @@
-"""The app worker: serves a WSGI app over the uwsgi protocol, one request at a time, like uWSGI's default.
+"""The app worker: serves a WSGI app over the uwsgi protocol, one request at a time, like uWSGI's default
+(with ``--threads N``, one request at a time on each of N threads: see ``cores``).
 
 Many workers share the listening sockets and race on accept (the losers get BlockingIOError). Per
 connection: read the head (``--buffer-size`` bounds the vars block, ``--socket-timeout`` bounds the
@@ -22,6 +23,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType, TracebackType
@@ -29,6 +31,7 @@ from typing import Any
 from wsgiref.types import WSGIApplication
 
 from uwsgirouter import uwsgi_module
+from uwsgirouter.arbiter import WORKER_RECYCLED
 from uwsgirouter.config import Config
 from uwsgirouter.logs import RequestLog
 from uwsgirouter.protocol import (
@@ -42,6 +45,7 @@ from uwsgirouter.protocol import (
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.sock import Listener
 from uwsgirouter.workers.base import BaseWorker, Beat
+from uwsgirouter.workers.cores import CorePool, Recycle
 from uwsgirouter.workers.environ import (
     READ_CHUNK,
     ClientDisconnected,
@@ -252,6 +256,12 @@ class WsgiWorker(BaseWorker):
         self.app_requests = 0
         self.exit_status = 0
         self._in_request = False
+        self.threads: int = config.threads
+        #: when each core's request started (a core is a thread; core 0 alone without --threads)
+        self._starts: dict[int, float] = {}
+        self._lock = threading.Lock()  # cores share the counters and the heartbeat
+        self.born = time.monotonic()
+        self.recycle = Recycle(config, worker_id)
 
     # -- signals ---------------------------------------------------------------------------------
 
@@ -268,8 +278,12 @@ class WsgiWorker(BaseWorker):
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until a signal or the master's death says stop: 0, or 1 if the app called sys.exit()."""
+        """Serve until a signal or the master's death says stop: 0, 1 if the app called sys.exit(), or
+        ``WORKER_RECYCLED`` when --max-requests or --reload-on-rss says so."""
         uwsgi_module.set_worker_id(self.worker_id)
+        if self.threads > 1:
+            CorePool(self, self.threads).run()
+            return self._stopped()
         poller = select.poll()
         poller.register(self._wakeup_r, select.POLLIN)
         by_fd = {listener.fileno(): listener.sock for listener in self.listeners}
@@ -277,7 +291,7 @@ class WsgiWorker(BaseWorker):
             poller.register(fd, select.POLLIN)
         try:
             while not (self.stopping or self.exit_now):
-                self.heartbeat()
+                self.beat_now()
                 _notes.flush()  # the count of lines left out is written even when the flood has stopped
                 if self.master_gone():
                     break
@@ -292,13 +306,42 @@ class WsgiWorker(BaseWorker):
                         self._accept_and_serve(sock)
         except _Interrupted:
             pass
+        return self._stopped()
+
+    def _stopped(self) -> int:
         if self.exit_now:
             log.info("worker %d: immediate stop", self.worker_id)
-        elif self.stopping:
+        elif self.stopping and self.exit_status != WORKER_RECYCLED:
             log.info("worker %d: graceful stop after %d request(s)", self.worker_id, self.requests_served)
         return self.exit_status
 
-    def _accept_and_serve(self, listener: socket.socket) -> None:
+    def beat_now(self) -> None:
+        """The heartbeat, from whichever core or the main loop (one at a time: a slot has one writer)."""
+        with self._lock:
+            self.heartbeat()
+
+    def _request_started(self, core: int) -> float:
+        start = time.monotonic()
+        with self._lock:
+            self._starts[core] = start
+            self.busy_since = min(self._starts.values())
+            self.requests_served += 1
+            self.heartbeat()
+        return start
+
+    def _request_ended(self, core: int) -> None:
+        """Not busy on this core any more; recycle the worker once it has served its share."""
+        with self._lock:
+            self._starts.pop(core, None)
+            self.busy_since = min(self._starts.values(), default=0.0)
+            self.heartbeat()
+            if not self.stopping and self.recycle.due(self.requests_served, self.born):
+                log.info("...The work of process %d is done. Seeya!", os.getpid())
+                self.stopping, self.exit_status = True, WORKER_RECYCLED
+        if self.stopping and self.threads > 1:
+            self.wake()  # the main thread tells the other cores
+
+    def _accept_and_serve(self, listener: socket.socket, core: int = 0) -> None:
         try:
             client, _ = listener.accept()
         except BlockingIOError:
@@ -308,16 +351,17 @@ class WsgiWorker(BaseWorker):
                 _notes.error("cannot accept a connection: %s; pausing briefly", exc.strerror or exc)
                 time.sleep(ACCEPT_PAUSE_S)  # EMFILE and the like: never spin
             return
-        self._in_request = True
+        self._in_request = self.threads == 1  # SIGINT unwinds a request on the main thread only
         try:
             client.settimeout(self.timeout)
-            self._serve(client)
+            self._serve(client, core)
         except Exception:
             _notes.exception("internal error while serving a connection; the worker goes on")
         finally:
             self._in_request = False
-            self.busy_since = 0.0
             client.close()
+            if core in self._starts:
+                self._request_ended(core)
 
     # -- one connection --------------------------------------------------------------------------
 
@@ -357,15 +401,13 @@ class WsgiWorker(BaseWorker):
                 rest = reader.next_event()
                 return event, rest.data if isinstance(rest, Body) else b""
 
-    def _serve(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket, core: int) -> None:
         got = self._read_head(client)
         if got is None:
             return
         head, initial = got
-        self.busy_since = start = time.monotonic()
-        self.heartbeat()
+        start = self._request_started(core)
         wall = time.time()
-        self.requests_served += 1
         if head.modifier1 not in WSGI_MODIFIERS:
             if head.modifier1 == PING_MODIFIER1:
                 log.info("PING")
@@ -387,15 +429,15 @@ class WsgiWorker(BaseWorker):
         stream = InputStream(client.recv, initial, length)
         environ = build_environ(head, stream, self.node)
         response = _Response(client, head.get(b"SERVER_PROTOCOL") or b"HTTP/1.0")
-        self.app_requests += 1
+        with self._lock:
+            self.app_requests += 1
         self._run_app(environ, response, head)
-        self.counters.request_done(time.monotonic() - start, response.head_size + response.body_size)
+        with self._lock:
+            self.counters.request_done(time.monotonic() - start, response.head_size + response.body_size)
         if self.request_log.wants(response.status_code, time.monotonic() - start):
-            self._log_request(head, response, start, wall)
+            self._log_request(head, response, start, wall, core)
         if not response.failed and 0 < stream.unread <= DRAIN_LIMIT:
             self._drain_body(client, stream.unread)
-        self.busy_since = 0.0
-        self.heartbeat()
 
     def _run_app(self, environ: dict[str, Any], response: _Response, head: RequestHead) -> None:
         """Call the app and send what it returns; every failure is logged, none leaves this method."""
@@ -420,7 +462,8 @@ class WsgiWorker(BaseWorker):
             if not response.head_sent and not response.failed:
                 response.internal_error()
         except Exception:
-            self.counters.exceptions += 1
+            with self._lock:
+                self.counters.exceptions += 1
             _notes.exception("exception in the app while serving %s:", self._what(head))
             if not response.head_sent and not response.failed:
                 response.internal_error()
@@ -442,12 +485,12 @@ class WsgiWorker(BaseWorker):
         except OSError:
             pass
 
-    def _log_request(self, head: RequestHead, response: _Response, start: float, wall: float) -> None:
+    def _log_request(self, head: RequestHead, response: _Response, start: float, wall: float, core: int) -> None:
         """uWSGI's request line; '{N vars in M bytes}' counts keys and values, as uWSGI does."""
         msecs = int((time.monotonic() - start) * 1000)
         log.info(
             "[pid: %d|app: 0|req: %d/%d] %s (%s) {%d vars in %d bytes} [%s] %s => generated %d bytes in %d msecs "
-            "(%s %d) %d headers in %d bytes (%d switches on core 0)",
+            "(%s %d) %d headers in %d bytes (%d switches on core %d)",
             os.getpid(),
             self.app_requests,
             self.requests_served,
@@ -464,4 +507,5 @@ class WsgiWorker(BaseWorker):
             len(response.headers),
             response.head_size,
             response.switches,
+            core,
         )
