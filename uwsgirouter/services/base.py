@@ -41,7 +41,7 @@ class MasterControl(Protocol):
         """Open the log files again by name."""
 
     def request_log_rotate(self) -> None:
-        """Rename the log file (to FILE.<unix time>) and open a new one."""
+        """Rename the log file (to --log-backupname, else FILE.<unix time>) and open a new one."""
 
     def request_block_subscriptions(self, blocked: bool | None) -> None:
         """Stop (True) or resume (False) sending subscriptions; None switches between the two."""
