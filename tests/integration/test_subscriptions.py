@@ -448,6 +448,42 @@ def test_weights_2_3_6_are_exact_and_interleaved_through_real_nodes(procs: Proce
     assert picks == ["c", "b", "c", "a", "c", "b", "c", "a", "c", "b", "c"] * 3, picks
 
 
+@pytest.mark.parametrize("kind", [REAL_UWSGI, UWSGIROUTER])
+def test_subscribe2_check_file_silences_announces_until_it_is_removed(
+    procs: ProcessManager, tmp_path: Path, kind: str
+) -> None:
+    """``--subscribe2 ...,check=FILE``: no announce while FILE exists; once removed, announces come again (uWSGI
+    2.0.31 behaves the same, the first parameter)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind((LOOPBACK, 0))
+        server.settimeout(0.2)
+        flag = tmp_path / "maintenance"
+        flag.touch()
+        (port,) = tcp_ports(1)
+        start_instance(
+            procs, kind, "checked", f"{LOOPBACK}:{port}", "-M", "--subscribe-freq", "1",
+            "--subscribe2", f"server={LOOPBACK}:{server.getsockname()[1]},key=example.com,check={flag}",
+        )  # fmt: skip
+
+        def announces(seconds: float) -> int:
+            """Datagrams received within ``seconds`` (a window for an absence: nothing to wait for)."""
+            count, end = 0, time.monotonic() + seconds
+            while time.monotonic() < end:
+                try:
+                    server.recv(4096)
+                    count += 1
+                except TimeoutError:
+                    pass
+            return count
+
+        # The instance is up: its first announce, the one a second later and two more ticks fall in here.
+        assert announces(3.0) == 0, "announced while the check file exists"
+        flag.unlink()
+        server.settimeout(10)
+        packet = server.recv(4096)
+        assert b"example.com" in packet and f"{LOOPBACK}:{port}".encode() in packet
+
+
 # -- 3. a node killed with -9, then restarted -----------------------------------------------------------------
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from uwsgirouter.protocol import Command, Subscription, decode_subscription, encode_subscription
 from uwsgirouter.subscription.client import Subscriber, Target, parse_subscribe2, parse_subscribe_to
 from uwsgirouter.subscription.image import TableImage
@@ -89,23 +91,28 @@ def test_auto_weight_and_forced_modifier() -> None:
         subscriber.close()
 
 
-def test_check_file_suppresses_announces(tmp_path: Path) -> None:
-    """uWSGI 2.0's subscribe2 check=FILE: the packet is skipped while FILE exists."""
+def test_check_file_suppresses_announces_until_it_is_removed(tmp_path: Path) -> None:
+    """uWSGI 2.0's subscribe2 check=FILE: no packet while FILE exists (at start, one second later, then on
+    every --subscribe-freq tick); once FILE is gone, the next tick announces again."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         server.setblocking(False)
         flag = tmp_path / "maintenance"
         flag.touch()
         target = Target(f"127.0.0.1:{server.getsockname()[1]}", "k", "a:1", check_file=str(flag))
-        subscriber = Subscriber([target])
+        subscriber = Subscriber([target], frequency=10)
         try:
-            subscriber.send_all(Command.SUBSCRIBE)
-            try:
-                server.recv(4096)
-            except BlockingIOError:
-                pass
-            else:
-                raise AssertionError("a packet was sent although the check file exists")
+            for now in (100.0, 101.0, 111.0):
+                subscriber.tick(now)
+            with pytest.raises(BlockingIOError):
+                server.recv(4096)  # nothing was sent while the check file exists
+            flag.unlink()
+            subscriber.tick(121.0)
+            server.settimeout(5)
+            sub = decode_subscription(server.recv(4096))
+            assert (sub.command, sub.key, sub.address) == (Command.SUBSCRIBE, b"k", b"a:1")
+            subscriber.tick(131.0)
+            assert decode_subscription(server.recv(4096)).command == Command.SUBSCRIBE, "and on every tick after"
         finally:
             subscriber.close()
 
