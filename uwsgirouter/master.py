@@ -1,14 +1,14 @@
-"""The master process: creates every socket, forks the workers, and runs the arbiter's loop.
+"""The master process: binds every socket, forks the workers, and runs the supervising loop.
 
-Sockets are bound here, before any fork, and stay open across worker respawns and reloads, so a
-connection is never refused while workers come and go. Signal handlers only record the signal and
-write a byte to a wakeup pipe; the loop below acts (see ``arbiter`` for the signal table).
+What the master does is split by concern: ``sockets`` binds (before any fork, kept across respawns and
+reloads, so no connection is ever refused), ``arbiter`` decides about workers, each master-side feature is a
+``services`` module driven through one interface, and ``control`` carries out what services ask for. Signal
+handlers only record the signal and write a byte to a wakeup pipe; the loop below acts (see ``arbiter`` for
+the signal table).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 import os
 import select
@@ -16,14 +16,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from uwsgirouter.address import Address, UnixAddress
 from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, ROUTER, Arbiter, WorkerSpec
 from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.config import Config, load_config
 from uwsgirouter.config.checks import check_config
-from uwsgirouter.config.preflight import socket_owner
 from uwsgirouter.control import ControlRequests
 from uwsgirouter.errors import ConfigError, HaltServer
 from uwsgirouter.heartbeat import Counters, HeartbeatTable
@@ -32,23 +29,18 @@ from uwsgirouter.preload import preload
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.cache_mapper import build_cache_mapper
-from uwsgirouter.router.code_mapper import CodeMapper, load_mapper_function
-from uwsgirouter.router.mappers import Mapper, build_mapper
-from uwsgirouter.router.nodes import Node
+from uwsgirouter.router.code_mapper import load_mapper_function
+from uwsgirouter.router.mapper_choice import choose_mapper
 from uwsgirouter.router.worker import RouterWorker
 from uwsgirouter.services import Lifecycle, Service
 from uwsgirouter.services.registry import build_services
-from uwsgirouter.sock import Listener, bind_listener, set_owner_and_mode
-from uwsgirouter.subscription.client import Subscriber, parse_subscribe2, parse_subscribe_to
+from uwsgirouter.sockets import Sockets
 from uwsgirouter.subscription.image import TableImage
-from uwsgirouter.subscription.mapper import SubscriptionMapper
-from uwsgirouter.subscription.server import IMAGE_BYTES_PER_KEY, IMAGE_BYTES_PER_NODE, SubscriptionServer, bind_datagram
-from uwsgirouter.subscription.table import NodeTable
+from uwsgirouter.subscription.server import SubscriptionServer
+from uwsgirouter.subscription.wiring import make_subscriber, start_subscription_server
 from uwsgirouter.uwsgi_module import install_cache
+from uwsgirouter.workers.app_loader import run_in_master
 from uwsgirouter.workers.base import BaseWorker
-
-if TYPE_CHECKING:
-    from uwsgirouter.subscription.signing import SubscriptionGuard
 
 log = logging.getLogger("uwsgirouter.master")
 
@@ -63,106 +55,6 @@ class _NotBorn(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
-
-
-class NoMapper(Mapper):
-    """The seed's "most useless setup": listeners and no way to route; every request gets a 502."""
-
-    def pick(self, key: bytes, tried: Sequence[Node], now: float) -> Node | None:
-        return None
-
-
-class Sockets:
-    """Every listening socket of the instance, bound in uWSGI's order: shared, app, router."""
-
-    def __init__(self, config: Config) -> None:
-        self.shared: list[Listener] = []
-        self.app: list[Listener] = []
-        self.router: list[Listener] = []
-        self.subscription: list[socket.socket] = []
-        self.stats: Listener | None = None
-        self.master_stats: Listener | None = None
-        self.subscription_paths: list[str] = []
-        self.owner = socket_owner(config.chown_socket)
-        defer = 0 if config.no_defer_accept else config.socket_timeout
-        try:
-            for key, address in _shared_in_order(config):
-                deferred = defer if key == "shared-socket" else 0
-                listener = self._bind(address, config, deferred)
-                self.shared.append(listener)
-                log.info("shared socket %d bound to %s fd %d", len(self.shared) - 1, listener.name, listener.fileno())
-            for address in config.socket:
-                listener = self._bind(address, config, defer)
-                self.app.append(listener)
-                log.info("uwsgi socket %d bound to %s fd %d", len(self.app) - 1, listener.name, listener.fileno())
-            for address in config.fastrouter:
-                listener = self._bind(address, config, defer)
-                self.router.append(listener)
-                log.info("fastrouter bound on %s fd %d", listener.name, listener.fileno())
-            if config.fastrouter_stats is not None:
-                self.stats = self._bind(config.fastrouter_stats, config, 0)
-                log.info("fastrouter stats server bound on %s fd %d", self.stats.name, self.stats.fileno())
-            if config.stats is not None:
-                self.master_stats = self._bind(config.stats, config, 0)
-                log.info("stats server enabled on %s fd %d", self.master_stats.name, self.master_stats.fileno())
-            for address in config.fastrouter_subscription_server:
-                try:
-                    sock = bind_datagram(address)
-                except (OSError, ValueError) as exc:
-                    raise ConfigError(f"--fastrouter-subscription-server {address}: {exc}") from None
-                self.subscription.append(sock)
-                if isinstance(address, UnixAddress):
-                    self.subscription_paths.append(address.path)
-                    set_owner_and_mode(address.path, config.chmod_socket, self.owner)
-                log.info("subscription server bound on %s fd %d", address, sock.fileno())
-        except BaseException:
-            self.close()
-            raise
-
-    def _bind(self, address: Address, config: Config, defer: int) -> Listener:
-        return bind_listener(
-            address,
-            backlog=config.listen,
-            chmod=config.chmod_socket,
-            defer_accept=defer,
-            shared=self.shared,
-            owner=self.owner,
-        )
-
-    @property
-    def app_names(self) -> list[str]:
-        return [listener.name for listener in self.app]
-
-    @property
-    def shared_names(self) -> list[str]:
-        return [listener.name for listener in self.shared]
-
-    def close(self) -> None:
-        """Close all; a shared socket used as =N is closed (and its file removed) once."""
-        for sock in self.subscription:
-            sock.close()
-        for path in self.subscription_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        seen: set[int] = set()
-        stats = [s for s in (self.stats, self.master_stats) if s is not None]
-        for listener in [*self.router, *self.app, *self.shared, *stats]:
-            if id(listener) not in seen:
-                seen.add(id(listener))
-                listener.close()
-
-
-def _shared_in_order(config: Config) -> list[tuple[str, Address]]:
-    """--shared-socket and --undeferred-shared-socket share one =N numbering, in the order given."""
-    shared = iter(config.shared_socket)
-    undeferred = iter(config.undeferred_shared_socket)
-    ordered: list[tuple[str, Address]] = []
-    for entry in config.entries:
-        if entry.key == "shared-socket":
-            ordered.append(("shared-socket", next(shared)))
-        elif entry.key == "undeferred-shared-socket":
-            ordered.append(("undeferred-shared-socket", next(undeferred)))
-    return ordered
 
 
 class Master(ControlRequests):
@@ -207,8 +99,8 @@ class Master(ControlRequests):
         self.image: TableImage | None = None
         self._report_worker: socket.socket | None = None
         if self.sockets.subscription:
-            self._start_subscription_server(config)
-        self.subscriber = self._make_subscriber(config, apps)
+            self.server, self.image, self._report_worker = start_subscription_server(config, self.sockets)
+        self.subscriber = make_subscriber(config, self.sockets, apps)
         self.code_function: Callable[[str], object] | None = None
         if config.fastrouter_use_code_string is not None:
             self.code_function = load_mapper_function(*config.fastrouter_use_code_string)
@@ -218,81 +110,10 @@ class Master(ControlRequests):
         if config.fastrouter_use_cache is not None:
             build_cache_mapper(self.caches, config.fastrouter_use_cache)  # fail now if the cache is missing
         install_cache(self.caches)
-        self._run_master_python(config, apps)
+        run_in_master(config, apps)
         self.services: list[Service] = []
         self.lifecycle: Lifecycle | None = None
         self.init_requests()
-
-    def _run_master_python(self, config: Config, apps: int) -> None:
-        """Python the master runs before forking, with ``import uwsgi`` available (uWSGI does the same):
-        ``--import``/``--shared-import`` modules, and ``--file`` when there are no app workers to serve
-        it (a fastrouter-only instance: the seed's "Way 3" fills the cache this way)."""
-        from uwsgirouter.uwsgi_module import install
-        from uwsgirouter.workers.app_loader import AppLoadError, apply_env, apply_python_paths, run_file
-
-        apply_python_paths(config)  # before any user code; the workers inherit it
-        scripts = [*config.import_, *config.shared_import]
-        if config.wsgi_file and not apps:
-            scripts.append(config.wsgi_file)
-        if not scripts:
-            return
-        install(config, worker_id=0, numproc=apps, masterpid=os.getpid())
-        apply_env(config)
-        for script in scripts:
-            try:
-                if script.endswith((".py", ".wsgi")) or os.sep in script:
-                    run_file(script)
-                else:
-                    importlib.import_module(script)
-            except AppLoadError as exc:
-                raise HaltServer(str(exc), APP_LOAD_ERROR) from None
-            except Exception as exc:
-                raise HaltServer(f"unable to import {script}: {exc!r}", APP_LOAD_ERROR) from None
-            log.info("ran %s in the master", script)
-
-    def _start_subscription_server(self, config: Config) -> None:
-        table = NodeTable(config.subscription_max_nodes, config.subscription_max_keys, config.subscription_tolerance)
-        capacity = (
-            config.subscription_max_nodes * IMAGE_BYTES_PER_NODE + config.subscription_max_keys * IMAGE_BYTES_PER_KEY
-        )
-        self.image = TableImage(capacity)
-        reports, self._report_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        reports.setblocking(False)
-        self._report_worker.setblocking(False)
-        own = self.sockets.router[0].name.encode() if self.sockets.router else b""
-        self.server = SubscriptionServer(
-            self.sockets.subscription,
-            table,
-            self.image,
-            reports,
-            resubscribe=config.fastrouter_resubscribe,
-            resubscribe_bind=config.fastrouter_resubscribe_bind,
-            own_address=own,
-            guard=_subscription_guard(config, self.sockets.subscription),
-        )
-
-    def _make_subscriber(self, config: Config, apps: int) -> Subscriber | None:
-        names = self.sockets.app_names
-        default = names[0] if names else None
-        targets = [
-            t for spec in config.subscribe_to for t in parse_subscribe_to(spec, default, self.sockets.shared_names)
-        ]
-        targets += [t for items in config.subscribe2 for t in parse_subscribe2(items, names, default)]
-        if not targets:
-            return None
-        weight = apps if config.auto_weight else config.weight
-        for target in targets:
-            log.info("subscribing %s to %s as %s", target.key, target.server, target.address)
-        return Subscriber(
-            targets,
-            frequency=float(config.subscribe_freq),
-            cores=apps,
-            weight=weight,
-            force_modifier1=config.subscribe_with_modifier1,
-            blocked=config.start_unsubscribed,
-            notify=str(config.subscription_notify_socket) if config.subscription_notify_socket else None,
-            unsubscribe_on_reload=config.unsubscribe_on_graceful_reload,
-        )
 
     # -- configuration reload ---------------------------------------------------------------------
 
@@ -348,31 +169,15 @@ class Master(ControlRequests):
     def _router_worker(self, spec: WorkerSpec) -> BaseWorker:
         config = self.config
         drop_privileges(config.fastrouter_uid, config.fastrouter_gid)
-        mapper = self._router_mapper(config)
+        mapper = choose_mapper(
+            config, self.caches, self.image, self._report_worker, self.code_function, self.sockets.app_names
+        )
         names = [listener.name for listener in self.sockets.router]
         names += [str(address) for address in config.fastrouter_subscription_server]
         stats = self.sockets.stats if spec.number == 1 else None
         shared_with_apps = [r.name for r in self.sockets.router if any(r is a for a in self.sockets.app)]
         local = shared_with_apps[0] if shared_with_apps else None
         return RouterWorker(config, self.sockets.router, mapper, spec.number, None, stats, names, local)
-
-    def _router_mapper(self, config: Config) -> Mapper:
-        """uWSGI's precedence: use-cache > use-pattern > subscription server > use-base > use-code-string >
-        use-socket > to."""
-        if config.fastrouter_use_cache is not None:
-            return build_cache_mapper(self.caches, config.fastrouter_use_cache)
-        if self.image is not None and config.fastrouter_use_pattern is None:
-            fallback = config.fastrouter_subscription_fallback_key
-            return SubscriptionMapper(
-                self.image,
-                report=self._report_worker,
-                algo=config.subscription_algo,
-                dotsplit=config.subscription_dotsplit,
-                fallback_key=fallback.encode() if fallback else None,
-            )
-        if self.code_function is not None and config.fastrouter_use_base is None:
-            return CodeMapper(self.code_function)
-        return build_mapper(config, self.sockets.app_names) or NoMapper()
 
     def _app_worker(self, spec: WorkerSpec) -> BaseWorker:
         from uwsgirouter.uwsgi_module import install
@@ -514,43 +319,6 @@ class Master(ControlRequests):
         """On an error exit, no worker may outlive the master."""
         for pid in list(self.arbiter.workers):
             self.arbiter.oscalls.kill(pid, signal.SIGKILL)
-
-
-def _subscription_guard(config: Config, sockets: Sequence[socket.socket]) -> SubscriptionGuard | None:
-    """Signature and credentials checks of the subscription server, when any is configured."""
-    if not (
-        config.subscriptions_sign_check
-        or config.subscriptions_credentials_check
-        or config.subscriptions_use_credentials
-    ):
-        return None
-    from uwsgirouter.subscription import signing  # cryptography is loaded only when signing is used
-
-    sign_check = None
-    if config.subscriptions_sign_check:
-        sign_check = signing.split_sign_spec(config.subscriptions_sign_check)
-        if not os.path.isdir(sign_check[1]):
-            log.warning(
-                "--subscriptions-sign-check: %s is not a directory (yet); every packet is refused", sign_check[1]
-            )
-    if config.subscriptions_use_credentials:
-        unix = [sock for sock in sockets if sock.family == socket.AF_UNIX]
-        for sock in unix:
-            signing.enable_credentials(sock)
-        if not unix:
-            log.warning("--subscriptions-use-credentials: no UNIX subscription server, so no credentials to read")
-    elif config.subscriptions_credentials_check or config.subscriptions_sign_skip_uid:
-        log.warning(
-            "--subscriptions-credentials-check and --subscriptions-sign-skip-uid need --subscriptions-use-credentials"
-        )
-    return signing.SubscriptionGuard(
-        sign_check=sign_check,
-        tolerance=config.subscriptions_sign_check_tolerance,
-        skip_uids=config.subscriptions_sign_skip_uid,
-        credentials_dirs=config.subscriptions_credentials_check,
-        use_credentials=config.subscriptions_use_credentials,
-        max_counters=4 * config.subscription_max_nodes,
-    )
 
 
 def _title(config: Config, name: str, fixed: str | None) -> None:

@@ -26,8 +26,9 @@ from typing import Any
 from wsgiref.types import WSGIApplication
 
 from uwsgirouter import uwsgi_module
+from uwsgirouter.arbiter import APP_LOAD_ERROR
 from uwsgirouter.config import Config
-from uwsgirouter.errors import UwsgiRouterError
+from uwsgirouter.errors import HaltServer, UwsgiRouterError
 
 __all__ = ["AppLoadError", "apply_env", "apply_python_paths", "load_app", "module_name_for_file", "run_file"]
 
@@ -213,3 +214,28 @@ def no_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[
     body = b"Internal Server Error"
     start_response("500 Internal Server Error", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def run_in_master(config: Config, apps: int) -> None:
+    """Python the master runs before forking, with ``import uwsgi`` available (uWSGI does the same):
+    ``--import``/``--shared-import`` modules, and ``--file`` when there are no app workers to serve
+    it (a fastrouter-only instance: the seed's "Way 3" fills the cache this way)."""
+    apply_python_paths(config)  # before any user code; the workers inherit it
+    scripts = [*config.import_, *config.shared_import]
+    if config.wsgi_file and not apps:
+        scripts.append(config.wsgi_file)
+    if not scripts:
+        return
+    uwsgi_module.install(config, worker_id=0, numproc=apps, masterpid=os.getpid())
+    apply_env(config)
+    for script in scripts:
+        try:
+            if script.endswith((".py", ".wsgi")) or os.sep in script:
+                run_file(script)
+            else:
+                importlib.import_module(script)
+        except AppLoadError as exc:
+            raise HaltServer(str(exc), APP_LOAD_ERROR) from None
+        except Exception as exc:
+            raise HaltServer(f"unable to import {script}: {exc!r}", APP_LOAD_ERROR) from None
+        log.info("ran %s in the master", script)
