@@ -120,8 +120,7 @@ def test_fastrouter_events_4_with_20_concurrent_slow_requests(procs: ProcessMana
     outcomes = run_concurrently(address, 20, "/sleep/0.3", retry=False)
     assert [o.response.status for o in outcomes] == [200] * 20, [o.response.raw[:120] for o in outcomes]
     assert all(b"slept" in o.response.body for o in outcomes)
-    # No timing assertion: whether 4 are served at a time (uwsgirouter's session cap) or all at once (uWSGI's
-    # meaning, events per epoll_wait) is not what a client sees; that none is refused or lost is.
+    # Here: none is refused or lost. That the cap holds a client back is the next test's.
     assert router.alive()
 
 
