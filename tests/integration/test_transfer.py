@@ -20,6 +20,7 @@ from tests.support import (
     http_get,
     read_all,
     request_vars,
+    router_worker,
     tree_rss,
     uwsgi_packet,
     uwsgi_request,
@@ -308,7 +309,7 @@ def test_a_client_that_does_not_read_stops_the_router_reading_the_node(
     slow_node: tuple[SlowNode, Proc, tuple[str, int]],
 ) -> None:
     node, router, address = slow_node
-    worker = psutil.Process(router.pid).children()[0]
+    worker = router_worker(router)
     baseline = worker.memory_info().rss
     with small_socket(address) as client:
         client.sendall(uwsgi_packet(request_vars(path="/big")))
@@ -326,7 +327,7 @@ def test_a_node_that_does_not_read_stops_the_router_reading_the_client(
     slow_node: tuple[SlowNode, Proc, tuple[str, int]],
 ) -> None:
     node, router, address = slow_node
-    worker = psutil.Process(router.pid).children()[0]
+    worker = router_worker(router)
     baseline = worker.memory_info().rss
     body = upload_body()
     sent = [0]
