@@ -143,3 +143,12 @@ def test_key_counts_and_heaviness_follow_removals() -> None:
     assert list(table.heavy) == [b"h"], "at exactly its share it is still heavy"
     table.remove(b"b", b"n:1")
     assert table.keys_of == {} and table.heavy == {}
+
+
+def test_a_used_key_is_removed_cleanly() -> None:
+    table = NodeTable()
+    table.apply(sub(key=b"a", address=b"n:1"), 0, 0, b"s")
+    table.apply(sub(key=b"b", address=b"n:1"), 0, 0, b"s")
+    table.mark_used(b"a")
+    assert table.remove(b"a", b"n:1") is Change.REMOVED
+    assert table.keys_of == {b"s": 1} and list(table.unused) == [b"b"] and table.unused_of == {b"s": {b"b": None}}

@@ -215,3 +215,24 @@ def test_wlrc_divides_in_flight_sessions_by_weight_and_lrc_does_not() -> None:
         assert {first.name, second.name} == {"127.0.0.1:1", "127.0.0.1:3"}
         # one session on each: wlrc sees 1/1 against 1/3, lrc a tie broken by requests (1 each: the first)
         assert pick(mapper).name == third, algo
+
+
+def test_a_node_that_joins_starts_even_in_smooth_wrr() -> None:
+    table = table_of(b"127.0.0.1:1", b"127.0.0.1:2")
+    published = Image(table)
+    mapper = published.mapper
+    assert [pick(mapper).name for _ in range(2)] == ["127.0.0.1:1", "127.0.0.1:2"]  # a whole cycle: even again
+    table.apply(sub(address=b"127.0.0.1:3"), 1, 1)
+    published.publish(table)
+    assert [pick(mapper).name for _ in range(3)] == ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+
+
+def test_nodes_never_picked_are_forgotten_too() -> None:
+    table = table_of(b"127.0.0.1:1", b"127.0.0.1:2")
+    published = Image(table, algo="lrc")
+    pick(published.mapper)
+    for address in (b"127.0.0.1:1", b"127.0.0.1:2"):
+        table.apply(sub(address=address, command=Command.UNSUBSCRIBE), 1, 1)
+    published.publish(table)
+    assert published.mapper.pick(KEY, (), 0) is None
+    assert published.mapper.requests == {}
