@@ -128,7 +128,7 @@ class Response:
 
 
 def read_all(sock: socket.socket) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = sock.recv(1 << 16)
         if not data:
@@ -138,7 +138,7 @@ def read_all(sock: socket.socket) -> bytes:
 
 def uwsgi_request(
     address: Address,
-    vars: Mapping[str, str] | None = None,
+    vars: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     body: bytes = b"",
     *,
     modifier1: int = 0,
@@ -237,7 +237,7 @@ class ProcessManager:
         """Start ``uwsgirouter ARGS``; wait until ``wait_for`` accepts connections."""
         proc = self.start([*ROUTER, *args], "uwsgirouter", env)
         if wait_for is not None:
-            wait_until(lambda: can_connect(wait_for) or not proc.alive(), 15, what=f"uwsgirouter on {wait_for}")
+            wait_until(lambda: can_connect(wait_for) or not proc.alive(), 15, what=f"uwsgirouter on {wait_for!r}")
             assert proc.alive(), proc.log()
         return proc
 
@@ -351,7 +351,10 @@ def tree_rss(pid: int) -> int:
 
 def router_worker(proc: Proc, timeout: float = 10.0) -> psutil.Process:
     """The (first) router worker process forked by the uwsgirouter master ``proc``."""
-    return wait_until(lambda: next(iter(proc.children()), None), timeout, what="the router worker process")
+    worker: psutil.Process = wait_until(
+        lambda: next(iter(proc.children()), None), timeout, what="the router worker process"
+    )
+    return worker
 
 
 def log_lines(proc: Proc) -> list[str]:
@@ -399,11 +402,12 @@ class NotifyListener:
 
     def wait_for(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, str]]:
         """Every message so far, once ``count`` of them carry ``name`` (READY, RELOADING, STOPPING)."""
-        return wait_until(
-            lambda: len([m for m in self.receive() if name in m]) >= count and self.messages,
+        wait_until(
+            lambda: len([m for m in self.receive() if name in m]) >= count,
             timeout,
             what=f"{count} message(s) with {name}",
         )
+        return self.messages
 
     def states(self) -> list[str]:
         """The sequence of state assignments, STATUS-only messages left out."""

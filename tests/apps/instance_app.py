@@ -3,9 +3,12 @@
 import hashlib
 import os
 import time
+from collections.abc import Iterable
+from typing import Any
+from wsgiref.types import StartResponse
 
 
-def application(environ, start_response):
+def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     path = environ.get("PATH_INFO", "/")
     instance = os.environ.get("INSTANCE", "?")
     if environ.get("REQUEST_METHOD") == "POST":

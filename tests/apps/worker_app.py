@@ -5,11 +5,14 @@ import importlib
 import os
 import threading
 import time
+from collections.abc import Iterable
+from typing import Any
+from wsgiref.types import StartResponse
 
-_kept = []
+_kept: list[bytearray] = []
 
 
-def application(environ, start_response):
+def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     path = environ.get("PATH_INFO", "/")
     if path.startswith("/sleep/"):
         if "MARK_DIR" in os.environ:  # tells the test the request is in the app

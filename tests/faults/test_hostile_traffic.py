@@ -221,7 +221,11 @@ def test_10000_idle_clients_are_all_accepted_and_valid_requests_still_answered(p
         for batch in range(10):
             stack.enter_context(clients(address, 1000, first_byte=True))
             wanted = (batch + 1) * 1000
-            wait_until(lambda wanted=wanted: stats_sessions((LOOPBACK, stats_port)) >= wanted, 30, what=f"{wanted}")
+
+            def held(wanted: int = wanted) -> bool:
+                return stats_sessions((LOOPBACK, stats_port)) >= wanted
+
+            wait_until(held, 30, what=f"{wanted} sessions")
         # Cheaply: an idle session costs the router a few KiB (the default bounds sessions by descriptors only,
         # not by a count, so memory must not be what runs out first).
         per_session = (worker.memory_info().rss - rss_before) / 10_000

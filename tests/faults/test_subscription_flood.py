@@ -72,7 +72,10 @@ def flood(server: tuple[str, int], count: int, prefix: str, stats_address: tuple
 def keys_seen(stats_address: tuple[str, int]) -> int:
     """Keys in the table plus keys it gave up: every new key the router took in."""
     document = stats(stats_address)
-    return len(document.get("subscriptions", [])) + int(document.get("subscription_keys_displaced", 0))  # type: ignore[arg-type, call-overload]
+    subscriptions = document.get("subscriptions", [])
+    displaced = document.get("subscription_keys_displaced", 0)
+    assert isinstance(subscriptions, list) and isinstance(displaced, int), document
+    return len(subscriptions) + displaced
 
 
 def stats(address: tuple[str, int]) -> dict[str, object]:

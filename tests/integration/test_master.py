@@ -202,7 +202,8 @@ def warm_up(address: tuple[str, int] | str, count: int) -> set[int]:
             pids.add(int(response.body.split(b"pid=")[1]))
         return pids if len(pids) == count else None
 
-    return wait_until(answered, 10, what=f"{count} app workers to answer")
+    pids: set[int] = wait_until(answered, 10, what=f"{count} app workers to answer")
+    return pids
 
 
 def wait_for_workers(master_pid: int, titles: set[str], timeout: float = 10.0) -> dict[int, str]:
@@ -210,7 +211,8 @@ def wait_for_workers(master_pid: int, titles: set[str], timeout: float = 10.0) -
         now = workers(master_pid)
         return now if sorted(now.values()) == sorted(titles) else None
 
-    return wait_until(found, timeout, what=f"workers {sorted(titles)}")
+    now: dict[int, str] = wait_until(found, timeout, what=f"workers {sorted(titles)}")
+    return now
 
 
 def new_generation(master_pid: int, old: set[int], count: int, timeout: float) -> dict[int, str]:
@@ -220,7 +222,8 @@ def new_generation(master_pid: int, old: set[int], count: int, timeout: float) -
         now = workers(master_pid)
         return now if len(now) == count and not set(now) & old else None
 
-    return wait_until(found, timeout, what=f"{count} new workers")
+    now: dict[int, str] = wait_until(found, timeout, what=f"{count} new workers")
+    return now
 
 
 def kill_logging_to(logfile: Path) -> None:
@@ -413,6 +416,7 @@ def test_sighup_under_wrk_load_loses_nothing(procs: ProcessManager, site: Site) 
 
     generations = [set(workers(proc.pid))]
     started = time.monotonic()
+    assert WRK is not None  # the skipif above
     wrk = procs.start([WRK, "-t2", "-c16", "-d20s", f"http://127.0.0.1:{http_port}/"], "wrk")
     for at, generation in ((5.0, 1), (12.0, 2)):
         time.sleep(max(0.0, started + at - time.monotonic()))  # the load's schedule, not a readiness wait

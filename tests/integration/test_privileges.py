@@ -129,7 +129,11 @@ def test_a_router_run_as_nobody_serves_and_is_reloaded_and_stopped_by_anyone(
         reloads = router.log().count("graceful reload: starting")
         done = run(*ROUTER, "--reload", str(pidfile))
         assert (done.returncode, done.stderr) == (0, ""), done
-        wait_until(lambda n=reloads: router.log().count("graceful reload: starting") > n, 10, what="a reload")
+
+        def reloaded(before: int = reloads) -> bool:
+            return router.log().count("graceful reload: starting") > before
+
+        wait_until(reloaded, 10, what="a reload")
         wait_until(routed, 10, what="routing after the reload")
 
     done = as_nobody(*ROUTER, "--stop", str(pidfile))

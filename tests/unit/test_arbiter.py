@@ -267,7 +267,7 @@ def test_the_child_side_of_fork_runs_launch_and_exits() -> None:
     arbiter, fake = make()
     calls: list[int] = []
     fake.fork = lambda: 0  # type: ignore[method-assign]
-    fake.exit = calls.append  # type: ignore[method-assign]
+    fake.exit = lambda status: calls.append(status)  # type: ignore[method-assign]
     arbiter.spawn(ROUTER, 1)
     assert calls == [0]
 
@@ -328,7 +328,7 @@ def test_the_child_exits_with_launchs_status_or_3_when_it_raises(caplog: pytest.
     exits: list[int] = []
     specs: list[WorkerSpec] = []
     fake.fork = lambda: 0  # type: ignore[method-assign]
-    fake.exit = exits.append  # type: ignore[method-assign]
+    fake.exit = lambda status: exits.append(status)  # type: ignore[method-assign]
 
     def launch(spec: WorkerSpec) -> int:
         specs.append(spec)

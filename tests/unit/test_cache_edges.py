@@ -161,7 +161,7 @@ def test_readers_share_the_lock_and_writers_take_it_alone(full: Cache, monkeypat
             modes.append(mode)
         real(fd, mode)
 
-    monkeypatch.setattr(cache_module.fcntl, "lockf", spy)
+    monkeypatch.setattr(fcntl, "lockf", spy)  # the module uwsgirouter.cache calls
     shared, exclusive = fcntl.LOCK_SH, fcntl.LOCK_EX
     for call, mode in (
         (lambda: full.get(b"k1"), shared),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,7 +255,7 @@ def test_code_mapper_logs_a_raising_or_slow_function_and_bad_results(
         return "127.0.0.1:3031" if key != "junk" else "junk:x"
 
     clock = [1000.0]
-    monkeypatch.setattr(code_mapper.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the clock uwsgirouter.router.code_mapper reads
     monkeypatch.setattr(code_mapper, "SLOW_CALL_S", 0.25)  # exact in binary, as the clock's steps
     mapper = CodeMapper(route)
     with caplog.at_level(logging.INFO, "uwsgirouter.router"):

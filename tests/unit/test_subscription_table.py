@@ -133,7 +133,7 @@ def test_smooth_wrr_gives_exact_weights() -> None:
     table.apply(sub(address=b"127.0.0.1:1", weight=1), 0, 0)
     table.apply(sub(address=b"127.0.0.1:2", weight=3), 0, 0)
     mapper = published(table)
-    picks = Counter()
+    picks: Counter[str] = Counter()
     for _ in range(400):
         node = mapper.pick(b"example.com", (), 0)
         assert node is not None
@@ -242,6 +242,7 @@ def test_state_survives_a_new_image() -> None:
     image.publish((table.snapshot(), {}))
     mapper = SubscriptionMapper(image)
     node = mapper.pick(b"example.com", (), 0)
+    assert node is not None
     table.apply(sub(address=b"127.0.0.1:2"), 0, 0)
     image.publish((table.snapshot(), {}))
     again = mapper.pick(b"example.com", (node,), 0)

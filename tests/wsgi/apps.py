@@ -17,7 +17,8 @@ TEXT = [("Content-Type", "text/plain")]
 
 
 def _arg(environ: dict[str, Any], name: str, default: str = "") -> str:
-    return parse_qs(environ.get("QUERY_STRING", "")).get(name, [default])[0]
+    query: str = environ.get("QUERY_STRING", "")
+    return parse_qs(query).get(name, [default])[0]
 
 
 def _touch(environ: dict[str, Any], suffix: str = "") -> None:
@@ -74,7 +75,7 @@ def demo(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
         keys = ("wsgi.url_scheme", "uwsgi.version", "uwsgi.node", "SCRIPT_NAME", "HTTP_HOST", "uwsgi.modifier1")
         body = repr({k: environ.get(k) for k in keys}).encode()
     elif path == "/uwsgi":
-        import uwsgi  # type: ignore[import-not-found]
+        import uwsgi
 
         body = f"worker_id={uwsgi.worker_id()} numproc={uwsgi.numproc}".encode()
     elif path == "/noread":

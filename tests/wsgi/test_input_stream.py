@@ -7,7 +7,8 @@ import io
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from uwsgirouter.workers.wsgi import READ_CHUNK, ClientDisconnected, InputStream
+from uwsgirouter.workers.environ import READ_CHUNK
+from uwsgirouter.workers.wsgi import ClientDisconnected, InputStream
 
 
 class FakeSocket:

@@ -21,7 +21,7 @@ def test_install_and_values(tmp_path: Path) -> None:
     ini.write_text("[uwsgi]\nmaster = true\nvacuum\nenv = A=1\nenv = B=2\nmy-custom-key = hello\n")
     config = load_config(["--ini", str(ini), "--enable-threads", "--processes", "3", "-s", ":0"], {})
     module = uwsgi_module.install(config)
-    import uwsgi  # type: ignore[import-not-found]
+    import uwsgi
 
     assert uwsgi is module is sys.modules["uwsgi"]
     # bare command-line flag -> True; INI value -> bytes; repeated -> last value (uWSGI 2.0.31 on Python 3)
@@ -37,7 +37,7 @@ def test_install_and_values(tmp_path: Path) -> None:
     }
     assert uwsgi.version == b"2.0.31"
     assert uwsgi.version_info == (2, 0, 31, 0, b"")
-    assert uwsgi.uwsgirouter_version == uwsgirouter.__version__
+    assert module.uwsgirouter_version == uwsgirouter.__version__  # ours: not in uWSGI's module
     assert uwsgi.numproc == 3
     assert uwsgi.worker_id() == 0
     assert uwsgi.masterpid() == os.getpid()

@@ -286,10 +286,10 @@ def test_heartbeat_idle_and_busy(workers: WorkerFactory, tmp_path: Path) -> None
     os.set_blocking(read_end, False)
 
     def install_beat(worker: WsgiWorker) -> None:
-        def beat() -> None:
+        def beat(*_: object) -> None:
             os.write(write_end, b"B" if worker.busy_since else b".")
 
-        worker.heartbeat = beat
+        worker.beat = beat
 
     try:
         served = workers.start(apps.application, before_run=install_beat)

@@ -161,7 +161,7 @@ class _Response:
             raise ClientDisconnected(f"client gone while sending the response ({reason})") from None
         self.switches += 1
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         """The app's ``write()`` and the sink for each body chunk."""
         if type(data) is not bytes:
             if not isinstance(data, bytes | bytearray):
