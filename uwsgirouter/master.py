@@ -17,13 +17,14 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, ROUTER, Arbiter, WorkerSpec
+from uwsgirouter.arbiter import APP, APP_LOAD_ERROR, ROUTER, WORKER_BOOT_ERROR, Arbiter, WorkerSpec
 from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.config import Config, load_config
 from uwsgirouter.config.checks import check_config
 from uwsgirouter.control import ControlRequests
 from uwsgirouter.errors import ConfigError, HaltServer
 from uwsgirouter.heartbeat import Counters, HeartbeatTable
+from uwsgirouter.hooks import Hook, HookFailed, run_hooks
 from uwsgirouter.logs import set_process_label
 from uwsgirouter.preload import preload
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
@@ -168,6 +169,11 @@ class Master(ControlRequests):
 
     def _router_worker(self, spec: WorkerSpec) -> BaseWorker:
         config = self.config
+        try:  # uWSGI runs them in each gateway it (re)spawns, before the gateway's own uid/gid
+            run_hooks(config.hook_as_gateway, "as-gateway")
+        except HookFailed as exc:
+            log.error("%s", exc)
+            raise _NotBorn(WORKER_BOOT_ERROR) from None
         drop_privileges(config.fastrouter_uid, config.fastrouter_gid)
         mapper = choose_mapper(
             config, self.caches, self.image, self._report_worker, self.code_function, self.sockets.app_names
@@ -231,6 +237,7 @@ class Master(ControlRequests):
         arbiter = self.arbiter
         try:
             arbiter.spawn_all()
+            _run_master_hooks(self.config.hook_master_start, "master-start")
             while not arbiter.finished:
                 busy = arbiter.reloading or arbiter.respawns or arbiter.stopping or self.deferred_stop
                 self._wait(0.1 if busy or self.lifecycle is None else 1.0)
@@ -326,6 +333,14 @@ def _title(config: Config, name: str, fixed: str | None) -> None:
     set_title(name, config.procname_prefix + spaced, config.procname_append, fixed)
 
 
+def _run_master_hooks(hooks: Sequence[Hook], phase: str) -> None:
+    """A hook that fails stops the instance, as in uWSGI ("FATAL hook failed, destroying instance")."""
+    try:
+        run_hooks(hooks, phase)
+    except HookFailed as exc:
+        raise HaltServer(str(exc), 1) from None
+
+
 def run_master(config: Config, argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> int:
     """Bind, write the pidfile, drop privileges, supervise; clean up whatever happens."""
     set_process_label("master")
@@ -342,7 +357,15 @@ def run_master(config: Config, argv: Sequence[str] = (), environ: Mapping[str, s
         master = Master(config, argv, environ)
         master.pidfiles = pidfiles  # the same list: --pidfile2 joins it below
         preload()
+        as_root = os.getuid() == 0
+        if as_root:
+            _run_master_hooks(config.hook_as_root, "as-root")
         drop_privileges(config.uid, config.gid)
+        if as_root:
+            _run_master_hooks(config.hook_as_user, "as-user")
+        elif config.hook_as_root or config.hook_as_user:
+            log.info("--hook-as-root and --hook-as-user run only when started as root (as in uWSGI): not run")
+        _run_master_hooks(config.hook_pre_app, "pre-app")
         if config.pidfile2:
             pidfiles.append(Pidfile(config.pidfile2))
             pidfiles[-1].create(os.getpid())

@@ -1,5 +1,5 @@
 """The production router file of the uwsgi.it hosting service (tests/config/data/hosting_router.ini) loads with
-warnings for what uwsgirouter lacks only: its dgram-router lines, and hook-as-gateway (not implemented yet)."""
+warnings for what uwsgirouter lacks only: its dgram-router lines."""
 
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def test_the_hosting_router_file_loads_with_only_what_is_missing_named(tmp_path:
     config = load_config([str(path)], {}, warn=warnings.append)
     origin = f"{path} [uwsgi]"
     assert warnings == [
-        f"uWSGI option --hook-as-gateway ({origin}) is not implemented by uwsgirouter: ignored",
         f"uWSGI option --dgram-router ({origin}) is not implemented by uwsgirouter: ignored",
         f"uWSGI option --dgram-router-psk-in ({origin}) is not implemented by uwsgirouter: ignored",
         f"uWSGI option --dgram-router-to ({origin}) is not implemented by uwsgirouter: ignored",
         "uWSGI plugins not available in uwsgirouter, ignored: dgram_router",
     ]
     assert [str(a) for a in config.fastrouter] == ["127.0.0.1:3017"]  # %(public_ip) from the included file
+    assert [str(hook) for hook in config.hook_as_gateway] == [f"chmod:{tmp_path}/subscribe/fastrouter 666"]
     assert config.subscriptions_use_credentials and config.subscriptions_sign_check == f"SHA1:{tmp_path}/domains"

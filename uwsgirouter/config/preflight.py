@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from uwsgirouter.config.model import Config
 from uwsgirouter.errors import ConfigError
+from uwsgirouter.hooks import check_hook_users
 
 
 def check_environment(config: Config) -> None:
@@ -41,6 +42,16 @@ def check_environment(config: Config) -> None:
     if config.virtualenv and not os.path.isdir(_within(base, config.virtualenv)):
         raise ConfigError(f"--virtualenv {config.virtualenv}: no such directory")
     socket_owner(config.chown_socket)
+    hooks = {
+        "as-root": config.hook_as_root,
+        "as-user": config.hook_as_user,
+        "pre-app": config.hook_pre_app,
+        "master-start": config.hook_master_start,
+        "as-gateway": config.hook_as_gateway,
+    }
+    problem = check_hook_users((phase, hook) for phase, listed in hooks.items() for hook in listed)
+    if problem:
+        raise ConfigError(problem)
     for path in config.master_fifo:
         # created after the privileges are dropped, as in uWSGI
         _fifo_path(_within(base, path), uid, gid)
