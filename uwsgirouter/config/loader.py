@@ -406,7 +406,10 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str], warn: Callable[
     about the rest of the configuration.
     """
     warn = warn or _print_warning
-    entries, problems = _load(argv, environ, warn)
+    # What reading the files noticed (near-miss keys, configuration logic) waits for the refusals and the
+    # --strict checks: a refused file gives its one line alone, not a "kept as a placeholder" before it.
+    noticed: list[str] = []
+    entries, problems = _load(argv, environ, noticed.append)
     config = Config(entries)
     unknown = [entry for entry in entries if REGISTRY.lookup(entry.key) is None]
     for entry in unknown:
@@ -425,6 +428,8 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str], warn: Callable[
                 raise ConfigError(
                     f"unknown option {entry.key!r} in {entry.origin}{suffix} (--strict forbids placeholders)"
                 )
+    for message in noticed:
+        warn(message)
     for problem in problems:
         warn(problem)
     named: set[str] = set()
