@@ -389,6 +389,35 @@ def test_get_reads_placeholders_and_substituted_values(capsys: pytest.CaptureFix
     assert run(capsys, "--set", "base=/srv", "--get", "base") == (0, "/srv\n", "")
 
 
+def test_get_and_substitution_find_an_option_under_its_other_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/differences.md, "`--get NAME`": uWSGI matches the name only as written; we find the option's aliases."""
+    assert run(capsys, "--processes", "4", "--get", "workers") == (0, "4\n", "")
+    assert run(capsys, "-p", "3", "--get", "processes") == (0, "3\n", "")
+    path = write(tmp_path / "a.ini", "[uwsgi]\nworkers = 5\nprocname = p%(processes)\n")
+    assert load(path).procname == "p5"
+
+
+def test_accepted_options_that_change_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """Options a uWSGI configuration carries that need nothing from us are taken silently, not warned about."""
+    for flag in ("--no-fd-passing", "--die-on-term", "--enable-threads", "--log-reopen", "--log-master"):
+        assert run(capsys, "--fastrouter", "127.0.0.1:3017", flag, "--dry-run") == (0, "", ""), flag
+    assert load("--no-fd-passing").no_fd_passing is True
+
+
+def test_planned_options_are_accepted_and_marked_later_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """README, "`--fastrouter-zerg`": accepted (no warning, no error) and marked as not yet working in --help."""
+    assert run(capsys, "--fastrouter", "127.0.0.1:3017", "--fastrouter-zerg", "/tmp/zerg.sock", "--dry-run") == (
+        0,
+        "",
+        "",
+    )
+    code, out, _ = run(capsys, "--help")
+    entry = " ".join(out.split("--fastrouter-zerg VALUE", 1)[1].split("[env var", 1)[0].split())
+    assert code == 0 and "takes effect in a later release" in entry, entry
+
+
 def test_get_does_not_run_the_configuration_checks(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "--fastrouter-use-cache", "--get", "processes", "-p", "2") == (0, "2\n", "")
 

@@ -14,9 +14,11 @@ import pytest
 
 from tests.support import (
     ROUTER,
+    UWSGI,
     Proc,
     ProcessManager,
     Response,
+    can_connect,
     free_port,
     request_vars,
     uwsgi_request,
@@ -73,6 +75,27 @@ def statuses(results: list[Response | BaseException]) -> list[object]:
 
 
 # -- --threads ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["uwsgirouter", "uwsgi"])
+def test_threads_the_app_starts_run_without_enable_threads(procs: ProcessManager, tmp_path: Path, server: str) -> None:
+    """docs/differences.md, "Threads started by the app": they run without --enable-threads, also while the
+    worker waits for the next request (no request is sent while the file grows); uWSGI 2.0.31 on Python 3.7+
+    too, whatever its documentation says."""
+    env = {"MARK_DIR": str(tmp_path)}
+    if server == "uwsgirouter":
+        proc, address = start(procs, "--processes", "1", env=env)
+    else:
+        if UWSGI is None:
+            pytest.skip("uWSGI 2.0.31 is not installed")
+        address = ("127.0.0.1", free_port())
+        argv = [UWSGI, "--socket", f"127.0.0.1:{address[1]}", "--wsgi-file", str(APP), "--processes", "1"]
+        proc = procs.start(argv, "uwsgi", env)
+        wait_until(lambda: can_connect(address) or not proc.alive(), 15, what="uWSGI's socket")
+    assert get(address, "/ticker").status == 200, proc.log()
+    ticks = tmp_path / "ticks"
+    wait_until(lambda: ticks.exists() and ticks.read_text().count("tick") >= 20, 10, what="the app's thread ticking")
+    assert proc.alive()
 
 
 def test_threads_serve_slow_requests_together_on_one_worker(procs: ProcessManager) -> None:

@@ -180,6 +180,23 @@ def test_request_lines_by_status(procs: ProcessManager, tmp_path: Path, options:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+def test_logfile_chown_without_gid_keeps_the_group(procs: ProcessManager, tmp_path: Path) -> None:
+    """docs/differences.md, "`--logfile-chown` without `--gid`": the file goes to --uid and keeps its group
+    (uWSGI gives it to group 0)."""
+    nobody, group = pwd.getpwnam("nobody"), 4242  # a group no file here has by chance
+    log, port = tmp_path / "router.log", free_port()
+    log.touch()
+    os.chown(log, 0, group)
+    procs.router(
+        "--fastrouter", f"127.0.0.1:{port}", "--fastrouter-to", "127.0.0.1:9", "--logto", str(log),
+        "--logfile-chown", "--uid", str(nobody.pw_uid), wait_for=("127.0.0.1", port),
+    )  # fmt: skip
+    assert uwsgi_request(("127.0.0.1", port), request_vars(host="chown.example")).status == 502
+    wait_until(lambda: "chown.example" in log.read_text(), 10, what="the request line")
+    assert (log.stat().st_uid, log.stat().st_gid) == (nobody.pw_uid, group)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
 def test_logto2_and_logfile_chown_as_the_uid_user(procs: ProcessManager) -> None:
     """--logto is opened as root and given to --uid/--gid by --logfile-chown; --logto2 is opened after the
     privileges are dropped, so the new user creates it (in a directory only that user can write)."""

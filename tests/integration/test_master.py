@@ -404,6 +404,19 @@ def test_kill9_router_worker_is_respawned_and_requests_go_on(procs: ProcessManag
     assert proc.alive()
 
 
+def test_router_workers_ignore_sighup_sigusr1_and_sigpipe(procs: ProcessManager, site: Site) -> None:
+    """docs/signals.md, "To a worker": a router worker sent SIGHUP, SIGUSR1 or SIGPIPE (by an operator's stray
+    kill, or a peer gone mid-write) stays the same process and routes on; their default action would end it."""
+    proc, port = start_router_and_app(procs, site)
+    router = pid_of(proc.pid, "uwsgirouter fastrouter 1")
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
+        os.kill(router, signum)
+        response = uwsgi_request(("127.0.0.1", port), request_vars(path="/hello"))
+        assert response.status == 200, (signum, response.raw, proc.log()[-2000:])
+        assert alive(router) and pid_of(proc.pid, "uwsgirouter fastrouter 1") == router, signum
+    assert "graceful reload" not in proc.log()  # the master was not reloaded: the router took them itself
+
+
 # -- 3. SIGHUP under load ------------------------------------------------------------------------------
 
 
@@ -721,6 +734,19 @@ def test_fastrouter_only_instance_has_no_app_workers(procs: ProcessManager, site
     assert sorted(group_members(proc.pid)) == sorted([proc.pid, *workers(proc.pid)])  # nothing else runs
     assert "uwsgi socket" not in proc.log()  # no app socket was bound
     assert "worker 1" not in proc.log()
+
+
+def test_an_instance_without_an_app_answers_500(procs: ProcessManager) -> None:
+    """docs/differences.md, "An instance with no app": as uWSGI, the instance starts and its workers answer
+    500 (rather than refusing to start or leaving the client without an answer)."""
+    port = free_port()
+    proc = procs.router("--master", "--socket", f"127.0.0.1:{port}", "--processes", "1", wait_for=("127.0.0.1", port))
+    for _ in range(2):
+        response = uwsgi_request(("127.0.0.1", port), request_vars(path="/"))
+        assert response.status == 500, (response.raw, proc.log()[-2000:])
+    assert proc.alive()
+    assert sorted(workers(proc.pid).values()) == ["uwsgirouter worker 1"]
+    assert "--- no python application found, check your startup logs for errors ---" in proc.log()  # uWSGI's line
 
 
 def test_harakiri_kills_a_worker_stuck_on_one_request(procs: ProcessManager, site: Site) -> None:

@@ -634,6 +634,13 @@ def test_respawned_router_worker_routes_at_once_without_reannounces(procs: Proce
         wait_until(lambda: len(loop.since(respawned_at)) >= 40, 10, what="requests after the respawn")
     after = loop.since(respawned_at)
     assert set(after) == {"a", "b"}, Counter(after)  # both nodes still known, all requests answered
+
+    # a graceful reload (SIGHUP) replaces the router workers: the new ones find the table in the master too
+    router.proc.signal(signal.SIGHUP)
+    wait_until(lambda: not psutil.pid_exists(new_worker), 15, what="the old router worker to leave on SIGHUP")
+    assert router_worker_pid(router) not in (None, new_worker)
+    assert {instance_name(router.request("example.com")) for _ in range(10)} == {"a", "b"}
+    assert time.monotonic() - started < 30, "the instances announced again: the test proves nothing"
     assert len(loop.failures()) <= 1, loop.failures()
     assert time.monotonic() - started < 29, "too slow: the instances may have announced again"
     assert new_worker != old_worker

@@ -3,10 +3,13 @@ lrc and wlrc, in-flight references, the reports to the master, and live-node cou
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import pytest
+
 from uwsgirouter.protocol import Command, Subscription
-from uwsgirouter.router.nodes import Node
+from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.subscription.image import TableImage
 from uwsgirouter.subscription.mapper import SubscriptionMapper
 from uwsgirouter.subscription.table import NodeTable
@@ -111,6 +114,19 @@ def test_a_node_name_that_is_not_utf8_is_kept_byte_for_byte() -> None:
 def test_an_unusable_node_is_left_out_and_the_others_serve() -> None:
     published = Image(table_of(b"127.0.0.1:99999", b"127.0.0.1:2"))
     assert [pick(published.mapper).name for _ in range(2)] == ["127.0.0.1:2"] * 2
+
+
+def test_a_subscribed_host_name_is_never_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/differences.md, "Node host names": a name from a subscription would block the router on DNS."""
+
+    def no_lookup(*args: object, **kwargs: object) -> object:
+        raise AssertionError(f"the router looked up {args[0]!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    published = Image(table_of(b"localhost:3031", b"127.0.0.1:2"))
+    assert [pick(published.mapper).name for _ in range(3)] == ["127.0.0.1:2"] * 3
+    with pytest.raises(ValueError, match="'localhost' is not a numeric address"):
+        make_node("localhost:3031")
 
 
 def test_the_stats_details_and_dead_marks_come_from_the_table() -> None:
