@@ -94,7 +94,11 @@ def test_subscription_server_and_subscribers(procs: ProcessManager) -> None:
     assert answered_by(response) == "a subscriber"
     # every key of conf/mappings.txt
     for host in ("www.example.com", "example.com:8000"):
-        wait_until(lambda host=host: get(port, host=host).status == 200, 15, what=f"the key {host}")
+
+        def routed(host: str = host) -> bool:
+            return get(port, host=host).status == 200
+
+        wait_until(routed, 15, what=f"the key {host}")
 
 
 def test_code_string_mapper_balances_over_two_nodes(procs: ProcessManager) -> None:
