@@ -196,9 +196,9 @@ def test_kill9_router_worker_then_master_under_load(procs: ProcessManager) -> No
     print(f"\nrouter worker respawned {(respawned_at - killed_at) * 1000:.0f} ms after kill -9")
     print(summary(load, "kill -9 of the router worker", killed_at))
     failures = load.failures()
-    # at most the request each client had in flight on the killed worker, all of them around the kill
+    # at most the request each client had in flight on the killed worker; none started once the new one was up
     assert len(failures) <= CLIENTS, failures
-    assert all(abs(f.started - killed_at) < 1.0 for f in failures), (killed_at, failures)
+    assert all(f.started < respawned_at for f in failures), (killed_at, respawned_at, failures)
     # the node table survived: both nodes answer right after the respawn, though neither announced again
     after = [o for o in load.outcomes if o.started >= respawned_at + 0.1]
     assert after and all(o.kind == OK for o in after), Counter(o.kind for o in after)

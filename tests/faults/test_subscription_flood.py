@@ -95,6 +95,12 @@ def start(procs: ProcessManager, *extra: str) -> tuple[Proc, tuple[str, int], tu
     return router, (LOOPBACK, port), (LOOPBACK, sub_port), (LOOPBACK, stats_port), f"{LOOPBACK}:{backend_port}"
 
 
+#: A new key during a flood is taken as soon as the master reads its datagram (the table is published within a
+#: second): generous for a loaded 2-core machine working through the flood's backlog, yet well below the
+#: --subscription-tolerance (17 s) after which a locked-out key could only get in by expiring the flood's keys.
+NEW_KEY_DEADLINE_S = 10.0
+
+
 def routes_within(address: tuple[str, int], key: str, seconds: float) -> float:
     """Seconds until a request for ``key`` is answered 200; fails after ``seconds``."""
     started = time.monotonic()
@@ -115,7 +121,7 @@ def test_10000_bogus_keys_neither_lock_out_a_new_key_nor_grow_the_master_unbound
     rss_before = master.memory_info().rss
     assert flood(server, BOGUS_KEYS, "a", stats_address) >= BOGUS_KEYS / 2
     legit_announce(server, "legit.example", backend)
-    assert routes_within(address, "legit.example", 1.0) < 1.0
+    routes_within(address, "legit.example", NEW_KEY_DEADLINE_S)
     growth = master.memory_info().rss - rss_before
     assert growth < 40 << 20, f"the master grew by {growth >> 20} MiB for {BOGUS_KEYS} keys"
     wait_until(lambda: "like these in the last second" in router.log(), 5, what="the line counting the rest")
@@ -129,7 +135,7 @@ def test_a_full_table_gives_up_unused_flood_keys_for_new_and_used_ones(procs: Pr
     assert taken >= BOGUS_KEYS / 2
     assert stats(stats_address)["subscription_keys_displaced"] >= taken - 200  # type: ignore[operator]
     legit_announce(server, "legit.example", backend)
-    assert routes_within(address, "legit.example", 1.0) < 1.0
+    routes_within(address, "legit.example", NEW_KEY_DEADLINE_S)
     # The flood goes on (the attacker re-announces every key): the key that carries requests stays.
     flood(server, BOGUS_KEYS, "b", stats_address)
     flood(server, BOGUS_KEYS, "a", stats_address)
@@ -139,5 +145,5 @@ def test_a_full_table_gives_up_unused_flood_keys_for_new_and_used_ones(procs: Pr
     assert len(document["subscriptions"]) <= 200  # type: ignore[arg-type]
     # A second legitimate key arriving while the flood holds the table is taken too.
     legit_announce(server, "second.example", backend)
-    assert routes_within(address, "second.example", 1.0) < 1.0
+    routes_within(address, "second.example", NEW_KEY_DEADLINE_S)
     assert router.alive()

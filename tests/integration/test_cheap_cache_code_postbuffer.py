@@ -688,13 +688,15 @@ def test_slow_upload_holds_the_backend_only_without_post_buffering(
     body = os.urandom(MIB)
     started = time.monotonic()
     response = slow_upload(address, body, 3.0)
-    assert time.monotonic() - started >= 3.0
+    took = time.monotonic() - started
+    assert took >= 3.0
     assert response.status == 200, response.raw
     assert md5_line(body) in response.body
     (record,) = backend.complete()
     if post_buffering:
         assert record.accepted_at >= started + 2.9, "the backend was connected before the body was complete"
-        assert record.busy < 0.1, f"the backend waited {record.busy:.3f} s for the request"
+        # a small part of the upload's time (streamed, the backend waits for all of it)
+        assert record.busy < took / 10, f"the backend waited {record.busy:.3f} s for the request ({took:.1f} s)"
     else:
         assert record.busy > 2.5, f"a streamed upload kept the backend busy only {record.busy:.3f} s"
 

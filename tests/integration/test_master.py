@@ -345,6 +345,12 @@ def test_wsgi_app_passes_the_validator_through_nginx(procs: ProcessManager, site
 # -- 2. a killed worker is replaced, the service goes on ---------------------------------------------
 
 
+#: A worker that dies after a long life is respawned at once, without back-off: the arbiter's unit tests hold that
+#: on a fake clock (tests/unit/test_arbiter.py::test_unexpected_death_is_respawned_at_once_after_a_long_life). Here
+#: the wall clock only bounds the respawn, generously for a loaded 2-core machine (it takes milliseconds).
+RESPAWN_DEADLINE_S = 5.0
+
+
 def test_kill9_app_worker_is_respawned_and_other_requests_are_fine(procs: ProcessManager, site: Site) -> None:
     proc, port = start_router_and_app(procs, site)
     address = ("127.0.0.1", port)
@@ -357,12 +363,15 @@ def test_kill9_app_worker_is_respawned_and_other_requests_are_fine(procs: Proces
         wait_until(lambda: hammer.count() >= 20, 5, what="requests via the other worker")
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
-        replacement = wait_until(lambda: pid_of(proc.pid, name) not in (0, victim) and pid_of(proc.pid, name), 1.0)
-        respawn_s = time.monotonic() - killed_at
+        replacement = wait_until(
+            lambda: pid_of(proc.pid, name) not in (0, victim) and pid_of(proc.pid, name),
+            RESPAWN_DEADLINE_S,
+            what=f"a new {name}",
+        )
         before = hammer.count()
         wait_until(lambda: hammer.count() >= before + 50, 5, what="requests after the respawn")
     assert not hammer.failures(), hammer.failures()[:5]
-    assert respawn_s < 1.0
+    assert f"(pid {victim}) died (" in proc.log()
     assert alive(replacement)
 
     # the GET in flight on the killed worker broke before any answer: the router sends it once more
@@ -370,7 +379,7 @@ def test_kill9_app_worker_is_respawned_and_other_requests_are_fine(procs: Proces
     response = slow.join(8)
     assert response is not None and response.status == 200, (slow.error, response)
     assert b"slept" in response.body
-    assert time.monotonic() - killed_at < 6.0
+    assert time.monotonic() - killed_at < 3.0 + RESPAWN_DEADLINE_S  # the 3 s request, sent once more
     app_workers = {pid for pid, name in workers(proc.pid).items() if name.startswith("uwsgirouter worker ")}
     assert replacement in app_workers and victim not in app_workers
     assert warm_up(address, 2) == app_workers  # the new worker serves too
@@ -389,17 +398,17 @@ def test_kill9_router_worker_is_respawned_and_requests_go_on(procs: ProcessManag
                 pid_of(proc.pid, "uwsgirouter fastrouter 1") not in (0, victim)
                 and pid_of(proc.pid, "uwsgirouter fastrouter 1")
             ),
-            1.0,
+            RESPAWN_DEADLINE_S,
             what="a new fastrouter 1",
         )
-        respawn_s = time.monotonic() - killed_at
         before = hammer.count()
         wait_until(lambda: hammer.count() >= before + 50, 5, what="requests through the new router")
     failures = hammer.failures()
-    # at most the request each client had in flight on the killed router; they all ended around the kill
+    # at most the request each client had in flight on the killed router; they all ended around the kill (none
+    # on the new router: its 50 and more requests all succeeded)
     assert len(failures) <= threads, failures
-    assert all(abs(f.at - killed_at) < 1.0 for f in failures), (killed_at, failures)
-    assert respawn_s < 1.0
+    assert all(abs(f.at - killed_at) < RESPAWN_DEADLINE_S for f in failures), (killed_at, failures)
+    assert f"(pid {victim}) died (" in proc.log()
     assert alive(replacement)
     assert proc.alive()
 
@@ -499,7 +508,7 @@ def test_sigint_stops_at_once_even_with_a_request_in_flight(procs: ProcessManage
     proc.signal(signal.SIGINT)
     sent = time.monotonic()
     assert proc.wait(5) == 0, proc.log()
-    assert time.monotonic() - sent < 1.5, proc.log()
+    assert time.monotonic() - sent < 3.0, proc.log()  # before the 3 s request could have ended
     response = slow.join(2)
     assert response is None or response.status != 200  # cut, as asked; it does not hang
     assert not pidfile.exists()

@@ -33,7 +33,12 @@ pytestmark = pytest.mark.integration
 
 TRICKLERS = 500
 NORMAL_REQUESTS = 20
-MAX_EXTRA_LATENCY_S = 0.050
+#: How much slower a normal request may be while the tricklers trickle, given the median measured just before
+#: them: generous for a loaded 2-core machine (the driver's 50 000 sends a second compete with the router for
+#: the CPU), yet far below the 4.6 s each trickler takes to send its head, which a router that waited for a
+#: head (or fell behind on the tricklers' bytes) would add to every normal request.
+MAX_EXTRA_LATENCY_S = 0.100
+EXTRA_LATENCY_PER_BASELINE = 10
 PACE_S = 0.05
 
 DRIVER = r"""
@@ -151,8 +156,10 @@ def trickle_scenario(procs: ProcessManager, tricklers: int, open_sessions: int, 
     during = median_latency(address)
     assert "all-sent" not in driver.log(), "normal requests were only served once the tricklers had finished"
     assert router.alive(), router.log()
-    assert during - before < MAX_EXTRA_LATENCY_S, (
+    allowed = MAX_EXTRA_LATENCY_S + EXTRA_LATENCY_PER_BASELINE * before
+    assert during - before < allowed, (
         f"median latency {before * 1000:.1f} ms before the tricklers, {during * 1000:.1f} ms while they trickle"
+        f" (allowed: {allowed * 1000:.0f} ms more)"
     )
 
     # And the tricklers themselves are all served in the end.
