@@ -32,8 +32,9 @@ LOOPBACK = "127.0.0.1"
 TIMEOUT_S = 2
 #: the worker sweeps idle sessions once a second, so a 504 comes between TIMEOUT_S and TIMEOUT_S + 1 s
 LATEST_504_S = TIMEOUT_S + 2.0
-#: a request to the good node counts as prompt below this (it is a few milliseconds when unloaded)
-PROMPT_S = 0.5
+#: a request to the good node counts as prompt below this (a few milliseconds when unloaded; generous for a loaded
+#: machine, yet half of what one queued behind the stuck node would take)
+PROMPT_S = TIMEOUT_S / 2
 #: requests of the mixed run, one started every INTERVAL_S
 REQUESTS = 20
 INTERVAL_S = 0.1
