@@ -10,12 +10,33 @@ import os
 import signal
 import time
 
+#: Signals a new worker must not take for its master's: held (blocked) from just before the fork until the
+#: worker has installed its own handlers (``release_held_signals``). Without this, a stop or retire signal
+#: that reaches the child between the fork and its own set-up ran the master's inherited handler there and was
+#: lost: the master then waited out the whole reload mercy for a worker that never heard it.
+HELD_UNTIL_HANDLED = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
+)
+
+
+def release_held_signals() -> None:
+    """In a new worker, once its handlers are installed: deliver what arrived since the fork."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_UNTIL_HANDLED)
+
 
 class OsCalls:
     """The real thing."""
 
     def fork(self) -> int:
-        return os.fork()
+        """Fork with ``HELD_UNTIL_HANDLED`` blocked in the child (the parent's mask is restored at once)."""
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_UNTIL_HANDLED)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        return pid
 
     def kill(self, pid: int, signum: int) -> None:
         try:

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from uwsgirouter.config import Config
 from uwsgirouter.heartbeat import Counters
+from uwsgirouter.oscalls import release_held_signals
 
 log = logging.getLogger("uwsgirouter.worker")
 
@@ -106,6 +107,7 @@ class BaseWorker:
             signal.signal(signum, self.on_signal)
         for signum in self.IGNORED:
             signal.signal(signum, signal.SIG_IGN)
+        release_held_signals()  # a stop sent since the fork is delivered now, to the handlers above
         try:
             return self.run()
         finally:
