@@ -27,8 +27,8 @@ import logging
 import os
 import pwd
 import re
+import signal
 import stat
-import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -179,8 +179,13 @@ def _putenv(arg: str) -> None:
 
 
 def _command(arg: str, fatal: bool) -> None:
-    """``/bin/sh -c ARG``, waited for; its output goes where the log goes (the process's fd 1 and 2)."""
-    status = subprocess.run(["/bin/sh", "-c", arg], check=False).returncode
+    """``/bin/sh -c ARG``, waited for; its output goes where the log goes (the process's fd 1 and 2). Spawned with
+    an empty signal mask and default SIGPIPE: a router process runs its hooks while it still holds its stop
+    signals (``oscalls.HELD_UNTIL_HANDLED``), and a command must not inherit that."""
+    pid = os.posix_spawn(
+        "/bin/sh", ["/bin/sh", "-c", arg], os.environ, setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
+    )
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if status:
         what = f"killed by signal {-status}" if status < 0 else f"exited with non-zero code: {status}"
         if fatal:
