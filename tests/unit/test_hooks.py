@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import stat
 from pathlib import Path
 
@@ -183,13 +182,3 @@ def test_the_first_failure_stops_the_phase_and_names_option_hook_and_reason(tmp_
         run(f"!unlink:{tmp_path / 'secret-name'}", phase="as-user")
     assert str(private.value) == "--hook-as-user a private hook (unlink) failed: No such file or directory"
 
-
-def test_exec_runs_its_command_with_no_signal_blocked_even_from_a_router_still_setting_up(tmp_path: Path) -> None:
-    """A router process runs its hooks with its stop signals held; a command it starts must not inherit that."""
-    out = tmp_path / "mask"
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        run_hooks([parse_hook(f"exec:grep SigBlk /proc/self/status > {out}")], "as-gateway")
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    assert out.read_text().split() == ["SigBlk:", "0" * 16]
