@@ -37,22 +37,22 @@ class Sockets:
         try:
             for key, address in _shared_in_order(config):
                 deferred = defer if key == "shared-socket" else 0
-                listener = self._bind(address, config, deferred)
+                listener = self._bind(key, address, config, deferred)
                 self.shared.append(listener)
                 log.info("shared socket %d bound to %s fd %d", len(self.shared) - 1, listener.name, listener.fileno())
             for address in config.socket:
-                listener = self._bind(address, config, defer)
+                listener = self._bind("socket", address, config, defer)
                 self.app.append(listener)
                 log.info("uwsgi socket %d bound to %s fd %d", len(self.app) - 1, listener.name, listener.fileno())
             for address in config.fastrouter:
-                listener = self._bind(address, config, defer)
+                listener = self._bind("fastrouter", address, config, defer)
                 self.router.append(listener)
                 log.info("fastrouter bound on %s fd %d", listener.name, listener.fileno())
             if config.fastrouter_stats is not None:
-                self.stats = self._bind(config.fastrouter_stats, config, 0)
+                self.stats = self._bind("fastrouter-stats", config.fastrouter_stats, config, 0)
                 log.info("fastrouter stats server bound on %s fd %d", self.stats.name, self.stats.fileno())
             if config.stats is not None:
-                self.master_stats = self._bind(config.stats, config, 0)
+                self.master_stats = self._bind("stats", config.stats, config, 0)
                 log.info("stats server enabled on %s fd %d", self.master_stats.name, self.master_stats.fileno())
             for address in config.fastrouter_subscription_server:
                 try:
@@ -68,15 +68,19 @@ class Sockets:
             self.close()
             raise
 
-    def _bind(self, address: Address, config: Config, defer: int) -> Listener:
-        return bind_listener(
-            address,
-            backlog=config.listen,
-            chmod=config.chmod_socket,
-            defer_accept=defer,
-            shared=self.shared,
-            owner=self.owner,
-        )
+    def _bind(self, option: str, address: Address, config: Config, defer: int) -> Listener:
+        """Bind one listener; a failure is one line naming the option it came from."""
+        try:
+            return bind_listener(
+                address,
+                backlog=config.listen,
+                chmod=config.chmod_socket,
+                defer_accept=defer,
+                shared=self.shared,
+                owner=self.owner,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"--{option}: {exc}") from None
 
     @property
     def app_names(self) -> list[str]:

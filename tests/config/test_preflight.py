@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,17 @@ CASES = [
     (["--fastrouter-uid", "no-such-user-here"], "--fastrouter-uid no-such-user-here: no such user"),
     (["--socket", "127.0.0.1:0", "--wsgi-file", "nope.py"], "--wsgi-file nope.py: no such file"),
     (["--chdir", "/nonexistent"], "--chdir /nonexistent: no such directory"),
+    (["--socket", "/nonexistent/d/app.sock"], "--socket /nonexistent/d/app.sock: no such directory /nonexistent/d"),
+    (["--shared-socket", "/nonexistent/s.sock"], "--shared-socket /nonexistent/s.sock: no such directory /nonexistent"),
+    (["--stats", "/nonexistent/stats.sock"], "--stats /nonexistent/stats.sock: no such directory /nonexistent"),
+    (
+        ["--fastrouter-stats", "/nonexistent/fs.sock"],
+        "--fastrouter-stats /nonexistent/fs.sock: no such directory /nonexistent",
+    ),
+    (
+        ["--fastrouter-subscription-server", "/nonexistent/sub.sock"],
+        "--fastrouter-subscription-server /nonexistent/sub.sock: no such directory /nonexistent",
+    ),
 ]
 
 
@@ -59,3 +71,17 @@ def test_paths_are_taken_relative_to_chdir(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     bad = run("--chdir", str(tmp_path), "--logto", "logs/r.log", "--dry-run", cwd=Path("/"))
     assert bad.stderr == f"uwsgirouter: --logto {logs}/r.log: no such directory {logs}\n"
+
+
+def test_a_port_in_use_is_one_line_naming_the_option(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [*ROUTER[:3], "--fastrouter", f"127.0.0.1:{port}", "--fastrouter-to", "127.0.0.1:9"]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines()[-1] == (
+        f"uwsgirouter: --fastrouter: unable to bind 127.0.0.1:{port}: Address already in use"
+    )
+    assert "Traceback" not in result.stderr

@@ -11,8 +11,9 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from uwsgirouter.address import UnixAddress
 from uwsgirouter.config.model import Config
 from uwsgirouter.errors import ConfigError
 from uwsgirouter.hooks import check_hook_users
@@ -55,6 +56,31 @@ def check_environment(config: Config) -> None:
     for path in config.master_fifo:
         # created after the privileges are dropped, as in uWSGI
         _fifo_path(_within(base, path), uid, gid)
+    _socket_paths(config, base)
+
+
+def _socket_paths(config: Config, base: str | None) -> None:
+    """Every UNIX socket path is created by the master before it drops privileges: its directory must exist
+    and be writable now (the bind itself can still fail, e.g. a port in use: that line names the option too)."""
+    listed: list[tuple[str, Sequence[object]]] = [
+        ("shared-socket", config.shared_socket),
+        ("undeferred-shared-socket", config.undeferred_shared_socket),
+        ("socket", config.socket),
+        ("fastrouter", config.fastrouter),
+        ("fastrouter-stats", [config.fastrouter_stats]),
+        ("stats", [config.stats]),
+        ("fastrouter-subscription-server", config.fastrouter_subscription_server),
+    ]
+    for option, addresses in listed:
+        for address in addresses:
+            if not isinstance(address, UnixAddress):
+                continue
+            path = _within(base, address.path)
+            directory = os.path.dirname(path) or "."
+            if not os.path.isdir(directory):
+                raise ConfigError(f"--{option} {address.path}: no such directory {directory}")
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise ConfigError(f"--{option} {address.path}: the directory {directory} is not writable")
 
 
 def socket_owner(spec: str | None) -> tuple[int, int] | None:
