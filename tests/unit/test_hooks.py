@@ -181,4 +181,3 @@ def test_the_first_failure_stops_the_phase_and_names_option_hook_and_reason(tmp_
     with pytest.raises(HookFailed) as private:
         run(f"!unlink:{tmp_path / 'secret-name'}", phase="as-user")
     assert str(private.value) == "--hook-as-user a private hook (unlink) failed: No such file or directory"
-
