@@ -72,7 +72,7 @@ def magic_table(source: IniSource, first: dict[str, str] | None = None) -> dict[
         "n": stem,
         "x": source.named_section,
         "i": inode,
-        "j": _djb33x(full.encode()).to_bytes(4, "little").hex(),
+        "j": _djb33x(full.encode()).to_bytes(4, "little").hex().upper(),  # as uWSGI prints it
         "v": os.getcwd(),
         "h": socket.gethostname(),
         "k": str(os.cpu_count() or 1),
