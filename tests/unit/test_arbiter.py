@@ -56,6 +56,9 @@ class FakeOs(OsCalls):
     def monotonic(self) -> float:
         return self.now
 
+    def exit(self, status: int) -> None:
+        raise AssertionError(f"the master called exit({status}): only a forked child may")
+
 
 def make(routers: int = 1, apps: int = 0, **kwargs: float) -> tuple[Arbiter, FakeOs]:
     fake = FakeOs()
@@ -574,3 +577,33 @@ def test_a_worker_that_cannot_boot_says_how_it_ended() -> None:
     with pytest.raises(HaltServer) as info:
         arbiter.reap()
     assert info.value.reason == "worker 1 could not start (exit status 4); see the log above"
+
+
+def test_a_killed_worker_does_not_stop_the_check_of_the_others() -> None:
+    arbiter, fake = make(routers=3, router_harakiri=3)
+    arbiter.spawn_all()
+    for pid in (1001, 1002, 1003):
+        arbiter.heartbeats.beat(arbiter.workers[pid].spec.slot, pid, fake.now)
+    fake.now += 4
+    for pid in (1001, 1003):  # 1002 is stuck
+        arbiter.heartbeats.beat(arbiter.workers[pid].spec.slot, pid, fake.now)
+    arbiter.tick()
+    assert fake.kills == [(1002, signal.SIGKILL)]
+    fake.now += 4
+    arbiter.heartbeats.beat(arbiter.workers[1001].spec.slot, 1001, fake.now)  # 1003 is stuck now
+    arbiter.tick()
+    assert fake.kills == [(1002, signal.SIGKILL), (1003, signal.SIGKILL)]
+
+
+def test_harakiris_add_up_per_worker_id() -> None:
+    arbiter, fake = make(routers=1, router_harakiri=3)
+    arbiter.spawn_all()
+    for _ in range(2):
+        (pid,) = arbiter.workers
+        arbiter.heartbeats.beat(arbiter.workers[pid].spec.slot, pid, fake.now)
+        fake.now += 4
+        arbiter.tick()
+        fake.exits.append((pid, killed(signal.SIGKILL)))
+        arbiter.reap()
+        arbiter.tick()
+    assert arbiter.records[ROUTER, 1].harakiri_count == 2
