@@ -14,6 +14,7 @@ SIGHUP    graceful reload: a new generation of workers starts; once it is up, th
 SIGTERM   graceful stop: workers finish in-flight requests, bounded by --reload-mercy; exit 0.
 SIGINT    immediate stop.
 SIGQUIT   immediate stop.
+SIGTSTP   pause the app workers, or resume them (the master fifo's p; see ``control``).
 ========  =====================================================================================
 """
 
@@ -125,6 +126,14 @@ class Arbiter:
     respawns: list[_Respawn] = field(default_factory=list)
     booted_kinds: set[str] = field(default_factory=set)
     records: dict[tuple[str, int], WorkerRecord] = field(default_factory=dict)
+    #: uWSGI's cheap mode: no app worker runs until a connection arrives on an app socket (``--cheap``, the
+    #: master fifo's ``C``); the master watches the app sockets meanwhile and calls ``leave_cheap``
+    cheap: bool = False
+
+    @property
+    def expected_apps(self) -> int:
+        """App workers a generation has: none while cheap."""
+        return 0 if self.cheap else self.apps
 
     # -- spawning -------------------------------------------------------------------------------
 
@@ -157,8 +166,44 @@ class Arbiter:
     def spawn_all(self) -> None:
         for number in range(1, self.routers + 1):
             self.spawn(ROUTER, number)
+        for number in range(1, self.expected_apps + 1):
+            self.spawn(APP, number)
+
+    # -- cheap mode -----------------------------------------------------------------------------
+
+    def go_cheap(self) -> None:
+        """Retire every app worker (each finishes its request in hand: uWSGI kills them) and spawn none until
+        ``leave_cheap``. Router workers are not affected."""
+        if self.stopping or self.cheap or not self.apps:
+            return
+        self.cheap = True
+        self.respawns = [r for r in self.respawns if r.kind != APP]
+        now = self.oscalls.monotonic()
+        retired = 0
+        for pid, worker in self.workers.items():
+            if worker.spec.kind == APP and not worker.retiring_since:
+                worker.retiring_since = now
+                self.oscalls.kill(pid, RETIRE_SIGNAL)
+                retired += 1
+        log.info("going cheap: %d app worker(s) retiring; spawned again on the next connection", retired)
+
+    def leave_cheap(self) -> None:
+        """A connection is waiting on an app socket: spawn the app workers (the connection waits in the listen
+        queue for the first of them)."""
+        if not self.cheap:
+            return
+        self.cheap = False
+        if self.stopping:
+            return
+        log.info("leaving cheap mode: a connection is waiting; spawning %d app worker(s)", self.apps)
         for number in range(1, self.apps + 1):
             self.spawn(APP, number)
+
+    def signal_apps(self, signum: int) -> None:
+        """Send ``signum`` to every app worker (the pause switch's wake-up)."""
+        for pid, worker in self.workers.items():
+            if worker.spec.kind == APP:
+                self.oscalls.kill(pid, signum)
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -296,7 +341,8 @@ class Arbiter:
             return
         for respawn in [r for r in self.respawns if r.due <= now]:
             self.respawns.remove(respawn)
-            self.spawn(respawn.kind, respawn.number)
+            if not (self.cheap and respawn.kind == APP):
+                self.spawn(respawn.kind, respawn.number)
         if self.reloading:
             self._advance_reload(now)
         for pid, worker in self.workers.items():
@@ -313,7 +359,7 @@ class Arbiter:
 
     def _advance_reload(self, now: float) -> None:
         new = [w for w in self.workers.values() if w.spec.generation == self.generation]
-        ready = all(w.booted for w in new) and len(new) == self.routers + self.apps
+        ready = all(w.booted for w in new) and len(new) == self.routers + self.expected_apps
         if not ready and now - self.reload_started < RELOAD_BOOT_TIMEOUT_S:
             return
         for pid, worker in self.workers.items():

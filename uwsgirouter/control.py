@@ -12,6 +12,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
+from uwsgirouter.arbiter import APP
 from uwsgirouter.errors import HaltServer
 from uwsgirouter.logs import log_file, reopen_logs
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from uwsgirouter.arbiter import Arbiter
     from uwsgirouter.config import Config
     from uwsgirouter.heartbeat import HeartbeatTable
+    from uwsgirouter.pause import PauseSwitch
     from uwsgirouter.proc import Pidfile
     from uwsgirouter.subscription.client import Subscriber
 
@@ -33,6 +35,7 @@ class ControlRequests:
     heartbeats: HeartbeatTable
     subscriber: Subscriber | None
     pending: list[int]
+    pause_switch: PauseSwitch
 
     def init_requests(self) -> None:
         #: the master's pidfiles, for ``request_update_pidfiles`` (set by ``run_master``)
@@ -43,6 +46,8 @@ class ControlRequests:
         self.stats_requested = False
         self.brutal_reload = False
         self.workers_reloads: list[bool] = []
+        self.cheap_requested: bool | None = None
+        self.pause_requests: list[bool | None] = []
 
     # -- MasterControl ----------------------------------------------------------------------------
 
@@ -83,6 +88,12 @@ class ControlRequests:
             subscriber.next_at = 0.0
         log.info("subscriptions blocked" if block else "subscriptions re-enabled")
 
+    def request_cheap(self, cheap: bool) -> None:
+        self.cheap_requested = cheap
+
+    def request_pause(self, paused: bool | None) -> None:
+        self.pause_requests.append(paused)
+
     # -- acting, from the loop --------------------------------------------------------------------
 
     def take_brutal_reload(self) -> bool:
@@ -107,6 +118,40 @@ class ControlRequests:
         reloads, self.workers_reloads = self.workers_reloads, []
         if reloads and not self.arbiter.stopping:
             self.arbiter.reload(reread=False, brutal=any(reloads))
+        pauses, self.pause_requests = self.pause_requests, []
+        for paused in pauses:
+            self._pause(not self.pause_switch.on if paused is None else paused)
+        cheap, self.cheap_requested = self.cheap_requested, None
+        if cheap is not None:
+            self._cheap(cheap)
+
+    def _cheap(self, cheap: bool) -> None:
+        arbiter = self.arbiter
+        if not cheap:
+            arbiter.leave_cheap()
+        elif not arbiter.apps:
+            log.info("no app workers to stop (router workers are never cheaped)")
+        elif arbiter.cheap:
+            log.info("already cheap: the app workers start at the next connection")
+        else:
+            arbiter.go_cheap()
+
+    def _pause(self, paused: bool) -> None:
+        """uWSGI's pause: the switch the app workers read, a SIGTSTP to wake each, and the subscriptions
+        withdrawn (sent again at once on resume). Router workers go on, as uWSGI's gateways do."""
+        if not self.arbiter.apps:
+            log.info("no app workers to pause (router workers are never paused)")
+            return
+        if paused == self.pause_switch.on:
+            return
+        self.pause_switch.set(paused)
+        if paused:
+            log.info("PAUSE: the app workers accept nothing once their request in hand is done (p or SIGTSTP resumes)")
+        else:
+            log.info("resuming the app workers")
+        if self.subscriber is not None:
+            self.subscriber.set_paused(paused)
+        self.arbiter.signal_apps(signal.SIGTSTP)
 
     def reopen_log_files(self) -> None:
         try:
@@ -142,11 +187,14 @@ class ControlRequests:
 
     def _log_stats(self) -> None:
         workers = sorted(self.arbiter.workers.values(), key=lambda w: (w.spec.kind, w.spec.number, w.pid))
-        log.info("stats: %d worker(s), generation %d", len(workers), self.arbiter.generation)
+        cheap = " (cheap: no app worker until a connection comes)" if self.arbiter.cheap else ""
+        log.info("stats: %d worker(s), generation %d%s", len(workers), self.arbiter.generation, cheap)
         for worker in workers:
             beat = self.heartbeats.read(worker.spec.slot)
             requests = beat.requests if beat is not None and beat.pid == worker.pid else 0
             state = "retiring" if worker.retiring_since else "serving" if worker.booted else "starting"
+            if worker.spec.kind == APP and self.pause_switch.on and not worker.retiring_since:
+                state = "paused"
             log.info(
                 "stats: %s %d (pid %d) %s, %d request(s)",
                 worker.spec.kind,

@@ -26,6 +26,7 @@ from uwsgirouter.errors import ConfigError, HaltServer
 from uwsgirouter.heartbeat import Counters, HeartbeatTable
 from uwsgirouter.hooks import Hook, HookFailed, run_hooks
 from uwsgirouter.logs import set_process_label
+from uwsgirouter.pause import PauseSwitch
 from uwsgirouter.preload import preload
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
 from uwsgirouter.ratelog import LogLimiter
@@ -47,7 +48,7 @@ log = logging.getLogger("uwsgirouter.master")
 
 #: After unsubscribing on SIGTERM, keep serving this long so routers stop sending before we stop.
 UNSUBSCRIBE_GRACE_S = 1.0
-MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTSTP)
 
 
 class _NotBorn(Exception):
@@ -92,7 +93,9 @@ class Master(ControlRequests):
             router_harakiri=float(config.fastrouter_harakiri),
             app_harakiri=float(config.harakiri),
             reload_config=self.reload_config,
+            cheap=config.cheap and apps > 0,
         )
+        self.pause_switch = PauseSwitch()  # shared with the app workers: created before any fork
         self.pending: list[int] = []
         self.deferred_stop = 0.0  # when a SIGTERM that waits for the unsubscribes to land takes effect
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -200,7 +203,7 @@ class Master(ControlRequests):
                 raise _NotBorn(APP_LOAD_ERROR) from None
         else:
             app = no_app
-        return WsgiWorker(config, self.sockets.app, app, spec.number)
+        return WsgiWorker(config, self.sockets.app, app, spec.number, pause=self.pause_switch)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -217,7 +220,7 @@ class Master(ControlRequests):
             phase = Lifecycle.RELOADING
         elif self.lifecycle in (Lifecycle.RELOADING, Lifecycle.RELOADED):
             phase = Lifecycle.RELOADED
-        elif len(workers) == arbiter.routers + arbiter.apps and all(w.booted for w in workers):
+        elif len(workers) == arbiter.routers + arbiter.expected_apps and all(w.booted for w in workers):
             phase = Lifecycle.READY
         else:
             return
@@ -237,6 +240,8 @@ class Master(ControlRequests):
         arbiter = self.arbiter
         try:
             arbiter.spawn_all()
+            if arbiter.cheap:
+                log.info("cheap mode enabled: waiting for a connection on the app sockets to spawn the workers")
             _run_master_hooks(self.config.hook_master_start, "master-start")
             while not arbiter.finished:
                 busy = arbiter.reloading or arbiter.respawns or arbiter.stopping or self.deferred_stop
@@ -277,6 +282,9 @@ class Master(ControlRequests):
             # Serve on for a moment while the routers drop this node, then stop gracefully.
             self.deferred_stop = time.monotonic() + UNSUBSCRIBE_GRACE_S
             self._advance_lifecycle()
+            return
+        if signum == signal.SIGTSTP:  # uWSGI's pause/resume switch, as the fifo's p
+            self.request_pause(None)
             return
         if signum == signal.SIGHUP:
             self.reopen_log_files()

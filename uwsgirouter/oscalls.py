@@ -15,7 +15,7 @@ import time
 #: that reaches the child between the fork and its own set-up ran the master's inherited handler there and was
 #: lost: the master then waited out the whole reload mercy for a worker that never heard it.
 HELD_UNTIL_HANDLED = frozenset(
-    {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
+    {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTSTP}
 )
 
 

@@ -130,5 +130,5 @@ def drop_privileges(uid: str | None, gid: str | None) -> None:
 def reset_signals() -> None:
     """A forked child starts with default dispositions and no inherited wakeup fd."""
     signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTSTP):
         signal.signal(signum, signal.SIG_DFL)

@@ -413,17 +413,22 @@ def test_kill9_router_worker_is_respawned_and_requests_go_on(procs: ProcessManag
     assert proc.alive()
 
 
-def test_router_workers_ignore_sighup_sigusr1_and_sigpipe(procs: ProcessManager, site: Site) -> None:
-    """docs/signals.md, "To a worker": a router worker sent SIGHUP, SIGUSR1 or SIGPIPE (by an operator's stray
-    kill, or a peer gone mid-write) stays the same process and routes on; their default action would end it."""
+def test_router_workers_ignore_sighup_sigusr1_sigpipe_and_sigtstp(procs: ProcessManager, site: Site) -> None:
+    """docs/signals.md, "To a worker": a router worker sent SIGHUP, SIGUSR1, SIGPIPE or SIGTSTP (by an operator's
+    stray kill, a peer gone mid-write, a terminal's Ctrl-Z) stays the same process and routes on; their default
+    action would end it (or stop it, for SIGTSTP: uWSGI's gateways ignore it too)."""
     proc, port = start_router_and_app(procs, site)
     router = pid_of(proc.pid, "uwsgirouter fastrouter 1")
-    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE, signal.SIGTSTP):
         os.kill(router, signum)
         response = uwsgi_request(("127.0.0.1", port), request_vars(path="/hello"))
         assert response.status == 200, (signum, response.raw, proc.log()[-2000:])
         assert alive(router) and pid_of(proc.pid, "uwsgirouter fastrouter 1") == router, signum
     assert "graceful reload" not in proc.log()  # the master was not reloaded: the router took them itself
+    # Started in a session of its own, the process group is orphaned: the kernel drops a SIGTSTP whose
+    # action is to stop, so only the disposition shows that a terminal's Ctrl-Z would not stop the router.
+    found = re.search(r"^SigIgn:\s*([0-9a-f]+)$", Path(f"/proc/{router}/status").read_text(), re.M)
+    assert found is not None and int(found[1], 16) >> (signal.SIGTSTP - 1) & 1
 
 
 # -- 3. SIGHUP under load ------------------------------------------------------------------------------

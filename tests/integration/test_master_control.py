@@ -18,6 +18,7 @@ import pytest
 from tests.support import (
     Proc,
     ProcessManager,
+    Response,
     connect,
     free_port,
     read_all,
@@ -214,6 +215,106 @@ def test_fifo_S_blocks_and_unblocks_the_announces(procs: ProcessManager, tmp_pat
         proc.signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         assert not _received(server, b"control.key", 0.5)
+
+
+def app_workers(proc: Proc) -> list[int]:
+    """The pids of the master's children (an app instance has no other)."""
+    return [child.pid for child in psutil.Process(proc.pid).children()]
+
+
+def no_child_for(proc: Proc, seconds: float) -> bool:
+    """Whether the master has no child at every look over ``seconds`` (a measurement, not a wait)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if app_workers(proc):
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_fifo_C_stops_the_app_workers_until_a_connection_comes(procs: ProcessManager, tmp_path: Path) -> None:
+    fifo = tmp_path / "master.fifo"
+    proc, port = start_instance(procs, tmp_path, "--master-fifo", str(fifo))
+    first = worker_pid(port)
+    send(fifo, "C")
+    wait_until(lambda: not app_workers(proc), 10, what="the app worker to leave")
+    assert no_child_for(proc, 1.0), "no worker is spawned again before a connection comes"
+    assert "going cheap: 1 app worker(s) retiring" in proc.log()
+    second = worker_pid(port)  # this connection wakes the master and is served by the new worker
+    assert second != first and app_workers(proc) == [second]
+    assert "leaving cheap mode: a connection is waiting" in proc.log()
+
+
+def test_cheap_starts_without_app_workers(procs: ProcessManager, tmp_path: Path) -> None:
+    app = tmp_path / "pid_app.py"
+    app.write_text(PID_APP)
+    port = free_port()
+    proc = procs.router("--master", "--socket", f"127.0.0.1:{port}", "--wsgi-file", str(app), "--cheap")
+    wait_until(lambda: "cheap mode enabled" in proc.log(), 15, what="the master in cheap mode")
+    assert no_child_for(proc, 1.0)
+    served_by = worker_pid(port)  # the first connection brings the worker
+    assert app_workers(proc) == [served_by]
+
+
+def _unsubscribed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether an unsubscription (modifier2 1) arrives within ``seconds``; announces before it are skipped."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if sock.recv(4096)[3] == 1:
+                return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def _answered_within(sock: socket.socket, seconds: float) -> bytes | None:
+    sock.settimeout(seconds)
+    try:
+        return read_all(sock)
+    except TimeoutError:
+        return None
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_fifo_p_pauses_the_app_workers_and_withdraws_the_subscriptions(
+    procs: ProcessManager, tmp_path: Path, threads: str
+) -> None:
+    fifo = tmp_path / "master.fifo"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{server.getsockname()[1]}:paused.key"
+        proc, port = start_instance(
+            procs, tmp_path, "--master-fifo", str(fifo), "--subscribe-to", target, "--subscribe-freq", "1",
+            "--threads", threads,
+        )  # fmt: skip
+        assert _received(server, b"paused.key", 5.0)
+        send(fifo, "p")
+        wait_until(lambda: "*** worker 1 suspended ***" in proc.log(), 10, what="the worker paused")
+        assert _unsubscribed_within(server, 5.0)
+        with connect(("127.0.0.1", port)) as client:
+            client.sendall(uwsgi_packet(request_vars()))
+            assert _answered_within(client, 1.5) is None, "a paused worker accepts nothing"
+            assert not _received(server, b"paused.key", 1.0), "no announce while paused"
+            send(fifo, "p")
+            answer = _answered_within(client, 10.0)  # the waiting connection is served once resumed
+        assert answer is not None and Response.parse(answer).status == 200
+        assert _received(server, b"paused.key", 5.0)
+        assert "resuming the app workers" in proc.log()
+
+
+def test_sigtstp_to_the_master_pauses_and_resumes_like_p(procs: ProcessManager, tmp_path: Path) -> None:
+    proc, port = start_instance(procs, tmp_path)
+    proc.signal(signal.SIGTSTP)
+    wait_until(lambda: "*** worker 1 suspended ***" in proc.log(), 10, what="the worker paused")
+    with connect(("127.0.0.1", port)) as client:
+        client.sendall(uwsgi_packet(request_vars()))
+        assert _answered_within(client, 1.5) is None
+        proc.signal(signal.SIGTSTP)
+        answer = _answered_within(client, 10.0)
+    assert answer is not None and Response.parse(answer).status == 200
+    assert proc.alive() and psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED
 
 
 def test_touch_reload_and_touch_logreopen(procs: ProcessManager, tmp_path: Path) -> None:

@@ -579,6 +579,40 @@ def test_a_worker_that_cannot_boot_says_how_it_ended() -> None:
     assert info.value.reason == "worker 1 could not start (exit status 4); see the log above"
 
 
+def test_going_cheap_retires_the_app_workers_only_and_spawns_none_until_told() -> None:
+    arbiter, fake = make(routers=1, apps=2)
+    arbiter.spawn_all()
+    beat_all(arbiter, fake)
+    arbiter.tick()
+    fake.exits.append((1003, killed(signal.SIGSEGV)))  # dies right after its start: respawn after a back-off
+    arbiter.reap()
+    arbiter.go_cheap()
+    assert fake.kills == [(1002, signal.SIGUSR2)], "retired gracefully (uWSGI kills), the router untouched"
+    fake.exits.append((1002, exited(0)))
+    fake.now += 60
+    arbiter.reap()
+    arbiter.tick()
+    assert list(arbiter.workers) == [1001] and not arbiter.respawns  # the pending respawn went too
+    arbiter.go_cheap()
+    arbiter.reload()  # a reload while cheap: a new router, still no app worker
+    assert fake.forked == [1001, 1002, 1003, 1004]
+    beat_all(arbiter, fake)
+    arbiter.tick()
+    assert not arbiter.reloading and (1001, signal.SIGUSR2) in fake.kills
+    arbiter.leave_cheap()
+    assert [(w.spec.kind, w.spec.number) for w in arbiter.workers.values()][-2:] == [(APP, 1), (APP, 2)]
+    assert not arbiter.cheap and fake.forked[-2:] == [1005, 1006]
+
+
+def test_cheap_from_the_start_forks_routers_only() -> None:
+    arbiter, fake = make(routers=1, apps=2, cheap=True)
+    arbiter.spawn_all()
+    assert [w.spec.kind for w in arbiter.workers.values()] == [ROUTER]
+    arbiter.stop("graceful")
+    arbiter.leave_cheap()  # a connection during a stop spawns nothing
+    assert fake.forked == [1001]
+
+
 def test_a_killed_worker_does_not_stop_the_check_of_the_others() -> None:
     arbiter, fake = make(routers=3, router_harakiri=3)
     arbiter.spawn_all()

@@ -46,6 +46,12 @@ class Recorder:
     def request_stats_log(self) -> None:
         self.calls.append(("stats_log", None))
 
+    def request_cheap(self, cheap: bool) -> None:
+        self.calls.append(("cheap", cheap))
+
+    def request_pause(self, paused: bool | None) -> None:
+        self.calls.append(("pause", paused))
+
 
 def write(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
@@ -78,6 +84,8 @@ def fifo(tmp_path: Path) -> Iterator[tuple[MasterFifo, Recorder]]:
         ("s", ("stats_log", None)),
         ("S", ("block_subscriptions", None)),
         ("P", ("update_pidfiles", None)),
+        ("C", ("cheap", True)),
+        ("p", ("pause", None)),
     ],
 )
 def test_each_command_asks_the_master_for_its_action(
@@ -101,7 +109,7 @@ def test_unsupported_and_unknown_commands_are_logged_not_acted_on(
 ) -> None:
     service, recorder = fifo
     with caplog.at_level(logging.INFO, logger="uwsgirouter.master"):
-        write(Path(service.active), "pCEzzzz")
+        write(Path(service.active), "fEBzzzz")
         service.on_readable(service.fd, 0.0)
     assert recorder.calls == []
     messages = [r.getMessage() for r in caplog.records]

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.test_arbiter import exited, make
 from uwsgirouter.arbiter import APP, ROUTER
 from uwsgirouter.heartbeat import Counters
+from uwsgirouter.pause import PauseSwitch
 from uwsgirouter.stats.document import MasterStats
 from uwsgirouter.stats.exchange import DONE, READING, REPLY_WAIT_S, REQUEST_WAIT_S, WRITING, StatsExchange
 from uwsgirouter.stats.prometheus import instance_metrics, router_metrics
@@ -65,6 +66,23 @@ def test_router_only_master_lists_its_routers_as_workers() -> None:
     doc = MasterStats(arbiter, arbiter.heartbeats, [], 100).document()
     assert [w["kind"] for w in doc["workers"]] == [APP, APP]
     assert [w["kind"] for w in doc["fastrouters"]] == [ROUTER]
+
+
+def test_app_workers_show_cheap_and_pause_as_uwsgi_does() -> None:
+    arbiter, fake = make(routers=1, apps=1)
+    arbiter.spawn_all()
+    pause = PauseSwitch()
+    stats = MasterStats(arbiter, arbiter.heartbeats, [], 100, pause)
+    pause.set(True)
+    (worker,) = stats.document()["workers"]
+    assert (worker["status"], worker["accepting"]) == ("pause", 0)
+    assert stats.document()["fastrouters"][0]["status"] == "idle"  # routers are never paused
+    pause.set(False)
+    arbiter.go_cheap()
+    fake.exits.append((next(pid for pid, w in arbiter.workers.items() if w.spec.kind == APP), exited(0)))
+    arbiter.reap()
+    (worker,) = stats.document()["workers"]
+    assert (worker["status"], worker["pid"], worker["accepting"]) == ("cheap", 0, 0)
 
 
 def test_listen_queue_reads_the_kernels_accept_queue() -> None:

@@ -77,6 +77,10 @@ class AppOptions:
     )
     max_vars = Scalar(POSITIVE, 64, short="v", help="Most request vars an app worker accepts, halved.")
     processes = Scalar(POSITIVE, 1, short="p", aliases=["workers"], help="Number of app workers.")
+    cheap = Flag(
+        help="Start without app workers: the master spawns them at the first connection to an app socket "
+        "(uWSGI's cheap mode; the master fifo's C returns to it). Router workers always run."
+    )
     harakiri = Scalar(SECONDS, 0, short="t", help="Kill and respawn an app worker stuck on one request this long.")
     need_app = Flag(arg=Arg.OPTIONAL, help="Exit if the app cannot be loaded.")
     enable_threads = Flag(

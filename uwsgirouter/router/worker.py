@@ -95,7 +95,7 @@ class RouterWorker(BaseWorker):
 
     kind = "fastrouter"
     RECORDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2)
-    IGNORED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE)
+    IGNORED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE, signal.SIGTSTP)  # never paused, as uWSGI's gateways
 
     def __init__(
         self,

@@ -52,6 +52,14 @@ class MasterControl(Protocol):
     def request_stats_log(self) -> None:
         """Log one line per worker with its pid and requests served."""
 
+    def request_cheap(self, cheap: bool) -> None:
+        """True: retire the app workers until a connection arrives on an app socket (uWSGI's "go cheap");
+        False: spawn them again (that connection came)."""
+
+    def request_pause(self, paused: bool | None) -> None:
+        """Pause (True) or resume (False) the app workers, None switching between the two: paused, they
+        finish the request in hand and accept nothing more, and the subscriptions are withdrawn."""
+
 
 class Service:
     """Base class with do-nothing defaults; a feature overrides what it uses."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from uwsgirouter.services.base import Service
+from uwsgirouter.services.cheap import build_cheap_watch
 from uwsgirouter.services.fifo import build_fifo
 from uwsgirouter.services.logfile import build_log_file
 from uwsgirouter.services.notify import build_notifier
@@ -31,4 +32,6 @@ def build_services(master: Master) -> list[Service]:
         services.append(fifo)
     if touch := build_touch_watcher(master, config.touch_reload, config.touch_logreopen):
         services.append(touch)
+    if cheap := build_cheap_watch(master):
+        services.append(cheap)
     return services

@@ -125,5 +125,5 @@ def build_stats_server(master: Master) -> StatsServer | None:
             if id(sock) not in seen:
                 seen.add(id(sock))
                 entries.append(StatsSocket(sock, shared))
-    stats = MasterStats(master.arbiter, master.heartbeats, entries, master.config.listen)
+    stats = MasterStats(master.arbiter, master.heartbeats, entries, master.config.listen, master.pause_switch)
     return StatsServer(listener, stats, master.config.stats_http, master.config.stats_minified)

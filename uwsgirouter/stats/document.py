@@ -24,6 +24,7 @@ import psutil
 from uwsgirouter import __version__
 from uwsgirouter.arbiter import APP, ROUTER, Arbiter, Worker, WorkerRecord
 from uwsgirouter.heartbeat import CHEAP, Beat, HeartbeatTable
+from uwsgirouter.pause import PauseSwitch
 from uwsgirouter.sock import Listener
 
 UWSGI_VERSION = "2.0.31"
@@ -56,8 +57,16 @@ class StatsSocket:
 class MasterStats:
     """Builds the document on demand; holds only a psutil handle per worker process."""
 
-    def __init__(self, arbiter: Arbiter, heartbeats: HeartbeatTable, sockets: Sequence[StatsSocket], backlog: int):
+    def __init__(
+        self,
+        arbiter: Arbiter,
+        heartbeats: HeartbeatTable,
+        sockets: Sequence[StatsSocket],
+        backlog: int,
+        pause: PauseSwitch | None = None,
+    ):
         self.arbiter = arbiter
+        self.pause = pause
         self.heartbeats = heartbeats
         self.sockets = list(sockets)
         self.backlog = backlog
@@ -118,8 +127,10 @@ class MasterStats:
         requests = record.requests + sum(b.requests for b in beats.values())
         exceptions = record.exceptions + sum(b.exceptions for b in beats.values())
         busy = current is not None and (current.busy_since > 0 or current.in_flight > 0)
-        cheap = current is not None and bool(current.flags & CHEAP)
-        accepting = serving is not None and serving.booted and not serving.retiring_since and not cheap
+        # uWSGI's "cheap": a router waiting for a node, or app workers stopped until a connection (--cheap, C)
+        cheap = (current is not None and bool(current.flags & CHEAP)) or (kind == APP and arbiter.cheap)
+        paused = kind == APP and self.pause is not None and self.pause.on and not busy  # uWSGI's "pause"
+        accepting = serving is not None and serving.booted and not serving.retiring_since and not cheap and not paused
         rss, vsz = self._memory(serving)
         entry: dict[str, Any] = {
             "id": number,
@@ -131,7 +142,7 @@ class MasterStats:
             "harakiri_count": record.harakiri_count,
             "signals": 0,
             "signal_queue": 0,
-            "status": "cheap" if cheap else "busy" if busy else "idle",
+            "status": "cheap" if cheap else "pause" if paused else "busy" if busy else "idle",
             "rss": rss,
             "vsz": vsz,
             "running_time": record.running_us + sum(b.running_us for b in beats.values()),

@@ -115,7 +115,7 @@ _WORKER_METRICS = (
     ("worker_accepting", "gauge", "1 while the worker accepts connections.", "accepting", 1),
     ("worker_pid", "gauge", "Process id of the worker (0 while it is being respawned).", "pid", 1),
 )
-STATUSES = ("idle", "busy", "cheap")
+STATUSES = ("idle", "busy", "cheap", "pause")
 
 
 def _workers(doc: Mapping[str, Any]) -> list[tuple[dict[str, str], Mapping[str, Any]]]:
@@ -149,7 +149,7 @@ def instance_metrics(doc: Mapping[str, Any]) -> bytes:
     out.family(
         "worker_status",
         "gauge",
-        "1 for the worker's current status (idle, busy, cheap).",
+        "1 for the worker's current status (idle, busy, cheap, pause).",
         [
             ({**labels, "status": status}, 1 if worker["status"] == status else 0)
             for labels, worker in workers

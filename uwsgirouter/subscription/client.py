@@ -195,6 +195,8 @@ class Subscriber(Service):
         self.next_at = 0.0
         self.unsubscribe_on_reload = unsubscribe_on_reload
         self.stopped = False
+        #: the instance is paused (uWSGI's p): no announce until it resumes
+        self.paused = False
         self.sent_rounds = 0
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._udp.setblocking(False)
@@ -235,7 +237,7 @@ class Subscriber(Service):
             log.info("cannot announce %s to %s: %s", target.key, target.server, exc)
 
     def next_due(self) -> float | None:
-        return None if self.blocked or self.stopped or not self.targets else self.next_at
+        return None if self.blocked or self.stopped or self.paused or not self.targets else self.next_at
 
     def on_lifecycle(self, event: Lifecycle) -> None:
         if event is Lifecycle.STOPPING:
@@ -250,9 +252,20 @@ class Subscriber(Service):
             self.unsubscribe()
             self.stopped = True
 
+    def set_paused(self, paused: bool) -> None:
+        """uWSGI's pause: unsubscribe now and announce no more; on resume, announce at once (neither while
+        the subscriptions are blocked)."""
+        if paused == self.paused or self.stopped:
+            return
+        self.paused = paused
+        if paused:
+            self.unsubscribe()
+        else:
+            self.next_at = 0.0
+
     def tick(self, now: float) -> None:
         """At start, after one second, then every ``frequency`` seconds."""
-        if self.blocked or self.stopped or not self.targets or now < self.next_at:
+        if self.blocked or self.stopped or self.paused or not self.targets or now < self.next_at:
             return
         self.send_all(Command.SUBSCRIBE)
         self.sent_rounds += 1

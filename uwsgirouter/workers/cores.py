@@ -6,7 +6,9 @@ The process's main thread serves nothing: it receives the signals (Python runs h
 beats the heartbeat while every core is busy, and watches the master. A graceful stop or a recycle tells
 every core through a pipe to accept no more; each finishes the request in hand and the worker exits. An
 immediate stop (SIGINT, SIGQUIT) leaves at once: the process exits under the cores. The master's harakiri
-reads the start of the oldest request in hand, and kills the whole worker, as uWSGI 2.0 does.
+reads the start of the oldest request in hand, and kills the whole worker, as uWSGI 2.0 does. The main
+thread also follows the instance's pause switch (``pause``): paused, it makes a second pipe readable, so each
+core leaves its wait, and the cores wait on an event instead of accepting until it is resumed.
 
 ``--max-requests``/``--reload-on-rss``: after a request, a worker that served its share (or grew past the
 memory limit), and has lived ``--min-worker-lifetime`` seconds, stops accepting, finishes, and exits with
@@ -70,10 +72,30 @@ class CorePool:
         self.worker = worker
         self.count = count
         self.by_fd = {listener.fileno(): listener.sock for listener in worker.listeners}
+        #: set while the cores may accept; cleared while the instance is paused
+        self.running = threading.Event()
+        self._pause_r = self._pause_w = -1
+
+    def _follow_pause(self) -> None:
+        """Paused: one byte in the pause pipe (every core's wait ends) and ``running`` cleared; resumed: the
+        byte taken back before ``running`` is set, so no core sees a stale one."""
+        paused = self.worker.paused_now()
+        if paused and self.running.is_set():
+            self.running.clear()
+            os.write(self._pause_w, b"\0")
+        elif not paused and not self.running.is_set():
+            try:
+                os.read(self._pause_r, 1)
+            except BlockingIOError:
+                pass
+            self.running.set()
 
     def run(self) -> None:
         worker = self.worker
         stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pause_r, self._pause_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.running.set()
+        self._follow_pause()  # a worker born while the instance is paused starts paused
         cores = [
             threading.Thread(target=self._core, args=(core, stop_r), name=f"core {core}", daemon=True)
             for core in range(self.count)
@@ -88,11 +110,13 @@ class CorePool:
             if worker.master_gone():
                 orphan = True
                 break
+            self._follow_pause()
             if poller.poll(MAIN_POLL_MS):
                 worker.drain_wakeup()
         if worker.exit_now:
             return  # the process exits now; the cores die with it
         os.write(stop_w, b"\0")  # never read: every core sees it readable from now on
+        self.running.set()  # a paused core looks at the stop pipe at once
         deadline = time.monotonic() + float(worker.config.worker_reload_mercy) if orphan else None
         for thread in cores:
             while thread.is_alive() and not worker.exit_now:
@@ -102,20 +126,26 @@ class CorePool:
                 worker.beat_now()  # harakiri still applies to the requests being finished
             if worker.exit_now:
                 return
-        os.close(stop_r)
-        os.close(stop_w)
+        for fd in (stop_r, stop_w, self._pause_r, self._pause_w):
+            os.close(fd)
 
     def _core(self, core: int, stop_r: int) -> None:
         """One core: wait for a connection (or the stop pipe), serve it, again."""
         worker = self.worker
         poller = select.poll()
         poller.register(stop_r, select.POLLIN)
+        poller.register(self._pause_r, select.POLLIN)
         for fd in self.by_fd:
             poller.register(fd, select.POLLIN)
         while not (worker.stopping or worker.exit_now):
+            if not self.running.is_set():
+                self.running.wait(MAIN_POLL_MS / 1000)
+                continue
             ready = [fd for fd, _ in poller.poll()]
             if stop_r in ready or worker.stopping or worker.exit_now:
                 return
+            if self._pause_r in ready:
+                continue
             sock = self.by_fd.get(ready[0]) if ready else None
             if sock is not None:
                 worker._accept_and_serve(sock, core)

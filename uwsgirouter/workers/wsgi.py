@@ -12,7 +12,9 @@ SCRIPT_NAME defaults to ''; REQUEST_SCHEME counts for wsgi.url_scheme; an unread
 is drained so closing does not reset the connection under the response.
 
 Signals only set flags (the loop acts on them): SIGTERM, SIGHUP and SIGUSR2 (the master's "retire")
-finish the current request then exit 0; SIGINT and SIGQUIT exit at once, interrupting the app.
+finish the current request then exit 0; SIGINT and SIGQUIT exit at once, interrupting the app. SIGTSTP only
+wakes the loop to read the instance's pause switch (``pause``): paused, the worker finishes the request in
+hand and accepts nothing until it is resumed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from uwsgirouter import uwsgi_module
 from uwsgirouter.arbiter import WORKER_RECYCLED
 from uwsgirouter.config import Config
 from uwsgirouter.logs import RequestLog
+from uwsgirouter.pause import PauseSwitch
 from uwsgirouter.protocol import (
     Body,
     ConnectionClosed,
@@ -233,7 +236,7 @@ class WsgiWorker(BaseWorker):
     """
 
     kind = "worker"
-    RECORDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGINT, signal.SIGQUIT)
+    RECORDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)
     IGNORED = (signal.SIGUSR1, signal.SIGPIPE)
 
     def __init__(
@@ -243,8 +246,12 @@ class WsgiWorker(BaseWorker):
         app: WSGIApplication,
         worker_id: int,
         beat: Beat | None = None,
+        pause: PauseSwitch | None = None,
     ) -> None:
         super().__init__(config, worker_id, beat)
+        #: the instance's pause switch, set by the master (None: never paused)
+        self.pause = pause
+        self.paused = False
         self.listeners = list(listeners)
         self.app = app
         self.worker_id = worker_id
@@ -267,6 +274,8 @@ class WsgiWorker(BaseWorker):
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Record; SIGINT/SIGQUIT also unwind a running request (exit at once means now)."""
+        if signum == signal.SIGTSTP:
+            return  # the master changed the pause switch: the wakeup pipe makes the loop read it
         if signum in (signal.SIGINT, signal.SIGQUIT):
             self.exit_now = True
             if self._in_request:
@@ -287,19 +296,25 @@ class WsgiWorker(BaseWorker):
         poller = select.poll()
         poller.register(self._wakeup_r, select.POLLIN)
         by_fd = {listener.fileno(): listener.sock for listener in self.listeners}
-        for fd in by_fd:
-            poller.register(fd, select.POLLIN)
+        listening = False
         try:
             while not (self.stopping or self.exit_now):
                 self.beat_now()
                 _notes.flush()  # the count of lines left out is written even when the flood has stopped
                 if self.master_gone():
                     break
+                if self.paused_now() == listening:  # paused: wait on the wakeup pipe alone
+                    listening = not listening
+                    for fd in by_fd:
+                        if listening:
+                            poller.register(fd, select.POLLIN)
+                        else:
+                            poller.unregister(fd)
                 ready = [fd for fd, _ in poller.poll(IDLE_POLL_MS)]
                 if self._wakeup_r in ready:
                     self.drain_wakeup()
                 for fd in ready:
-                    if self.stopping or self.exit_now:
+                    if self.stopping or self.exit_now or self.paused_now():
                         break
                     sock = by_fd.get(fd)
                     if sock is not None:
@@ -307,6 +322,14 @@ class WsgiWorker(BaseWorker):
         except _Interrupted:
             pass
         return self._stopped()
+
+    def paused_now(self) -> bool:
+        """Read the pause switch (between requests only); a change is logged as uWSGI does."""
+        paused = self.pause is not None and self.pause.on
+        if paused != self.paused:
+            self.paused = paused
+            log.info("*** worker %d %s ***", self.worker_id, "suspended" if paused else "resumed")
+        return paused
 
     def _stopped(self) -> int:
         if self.exit_now:
