@@ -236,7 +236,11 @@ def test_fifo_C_stops_the_app_workers_until_a_connection_comes(procs: ProcessMan
     fifo = tmp_path / "master.fifo"
     proc, port = start_instance(procs, tmp_path, "--master-fifo", str(fifo))
     first = worker_pid(port)
-    send(fifo, "C")
+    with connect(("127.0.0.1", port)) as slow:
+        slow.sendall(uwsgi_packet(request_vars(path="/sleep/1")))
+        wait_until((tmp_path / "sleeping").exists, 10, what="the slow request in the worker")
+        send(fifo, "C")
+        assert Response.parse(read_all(slow)).status == 200, "the request in hand finishes (uWSGI cuts it)"
     wait_until(lambda: not app_workers(proc), 10, what="the app worker to leave")
     assert no_child_for(proc, 1.0), "no worker is spawned again before a connection comes"
     assert "going cheap: 1 app worker(s) retiring" in proc.log()
