@@ -63,12 +63,14 @@ def test_way2_use_pattern_through_nginx(procs: ProcessManager, tmp_path: Path) -
     assert http_get(http_port, host="other.org").status == 502
 
 
-def test_the_quickstart_configuration_routes_a_request(procs: ProcessManager) -> None:
-    """conf/quickstart.ini as scripts/quickstart runs it, on a free port (quickstart-port)."""
+def test_the_quickstart_configuration_routes_a_request(procs: ProcessManager, unix_dir: Path) -> None:
+    """conf/quickstart.ini as scripts/quickstart runs it, on a free port (quickstart-port), in a fresh sockets
+    directory (scripts/quickstart creates its own)."""
     port = free_port()
     procs.router(
-        str(REPO / "conf" / "quickstart.ini"), "--set", f"quickstart-port={port}", wait_for=("127.0.0.1", port)
-    )
+        "--set", f"quickstart-port={port}", "--set", f"sockets-dir={unix_dir}", str(REPO / "conf" / "quickstart.ini"),
+        wait_for=("127.0.0.1", port),
+    )  # fmt: skip
     response = wait_until(
         lambda: (
             (r := uwsgi_request(("127.0.0.1", port), request_vars(host="example.com", path="/hello"))).status == 200
