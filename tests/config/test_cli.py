@@ -90,6 +90,10 @@ def test_unknown_option_in_a_subprocess_console_script() -> None:
         ),
         (["-p", "0"], "invalid value '0' for --processes: expected a whole number >= 1 (out of range)"),
         (
+            ["--processes=--1"],
+            "invalid value '--1' for --processes: expected a whole number >= 1 (not a whole number)",
+        ),
+        (
             ["--fastrouter", "1.2.3.4:99999"],
             "invalid value '1.2.3.4:99999' for --fastrouter: expected an address (host:port, :port, /unix/path, "
             "@abstract, =N or fd://N) (invalid port '99999' in address '1.2.3.4:99999' (expected 0-65535))",

@@ -30,7 +30,7 @@ def test_integer() -> None:
     convert = integer()
     assert (convert.expected, convert.metavar) == ("a whole number >= 0", "N")
     assert convert(" 0 ") == 0 and convert("42") == 42 and convert(str(2**63 - 1)) == 2**63 - 1
-    for raw in ("", "x", "1.5", "1-", "٣"):
+    for raw in ("", "x", "1.5", "1-", "٣", "--1", "-", "-x"):
         assert refused(convert, raw) == "not a whole number"
     assert refused(convert, "-1") == "out of range"
     assert refused(convert, str(2**63)) == "out of range"

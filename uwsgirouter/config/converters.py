@@ -48,7 +48,7 @@ def to_bool(raw: str) -> bool:
 def integer(minimum: int = 0, maximum: int = 2**63 - 1, metavar: str = "N") -> Converter[int]:
     def convert(raw: str) -> int:
         text = raw.strip()
-        if not text.lstrip("-").isdigit() or not text.isascii():
+        if not text.removeprefix("-").isdigit() or not text.isascii():
             raise ValueError("not a whole number")
         value = int(text)
         if not minimum <= value <= maximum:
