@@ -75,12 +75,7 @@ def _socket_paths(config: Config, base: str | None) -> None:
         for address in addresses:
             if not isinstance(address, UnixAddress):
                 continue
-            path = _within(base, address.path)
-            directory = os.path.dirname(path) or "."
-            if not os.path.isdir(directory):
-                raise ConfigError(f"--{option} {address.path}: no such directory {directory}")
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise ConfigError(f"--{option} {address.path}: the directory {directory} is not writable")
+            _creatable(option, address.path, _within(base, address.path), None, None)
 
 
 def socket_owner(spec: str | None) -> tuple[int, int] | None:
@@ -95,18 +90,8 @@ def socket_owner(spec: str | None) -> tuple[int, int] | None:
 
 def _fifo_path(path: str, uid: int | None, gid: int | None) -> None:
     """A --master-fifo path: an existing fifo (reused), or a new name in a directory the master can write."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        directory = os.path.dirname(path) or "."
-        if not os.path.isdir(directory):
-            raise ConfigError(f"--master-fifo {path}: no such directory {directory}") from None
-        if not _may_write(directory, uid, gid, need_search=True):
-            raise ConfigError(f"--master-fifo {path}: the directory {directory} is not writable") from None
-        return
-    except OSError as exc:
-        raise ConfigError(f"--master-fifo {path}: {exc.strerror}") from None
-    if not stat.S_ISFIFO(info.st_mode):
+    info = _existing_or_creatable("master-fifo", path, uid, gid)
+    if info is not None and not stat.S_ISFIFO(info.st_mode):
         raise ConfigError(f"--master-fifo {path}: exists and is not a fifo")
 
 
@@ -155,21 +140,34 @@ def _lookup(option: str, value: str | None, what: str, by_name: Callable[[str], 
 
 def _writable_file(option: str, path: str, uid: int | None, gid: int | None) -> None:
     """``path`` can be opened for appending (or created) by this process, or by ``uid``/``gid``."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        directory = os.path.dirname(path) or "."
-        if not os.path.isdir(directory):
-            raise ConfigError(f"--{option} {path}: no such directory {directory}") from None
-        if not _may_write(directory, uid, gid, need_search=True):
-            raise ConfigError(f"--{option} {path}: the directory {directory} is not writable") from None
+    info = _existing_or_creatable(option, path, uid, gid)
+    if info is None:
         return
-    except OSError as exc:
-        raise ConfigError(f"--{option} {path}: {exc.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"--{option} {path}: is a directory")
     if not _may_write(path, uid, gid, need_search=False):
         raise ConfigError(f"--{option} {path}: not writable")
+
+
+def _existing_or_creatable(option: str, path: str, uid: int | None, gid: int | None) -> os.stat_result | None:
+    """The status of ``path`` when it exists; None when it does not and ``uid``/``gid`` may create it."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        _creatable(option, path, path, uid, gid)
+        return None
+    except OSError as exc:
+        raise ConfigError(f"--{option} {path}: {exc.strerror}") from None
+
+
+def _creatable(option: str, given: str, path: str, uid: int | None, gid: int | None) -> None:
+    """A new file at ``path`` (``given`` as the user wrote it): its directory exists and ``uid``/``gid`` may
+    write there."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ConfigError(f"--{option} {given}: no such directory {directory}")
+    if not _may_write(directory, uid, gid, need_search=True):
+        raise ConfigError(f"--{option} {given}: the directory {directory} is not writable")
 
 
 def _may_write(path: str, uid: int | None, gid: int | None, need_search: bool) -> bool:
