@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -415,3 +416,80 @@ class NotifyListener:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from ``sock``; ``ConnectionError`` when the peer closes first."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(min(size - len(data), 1 << 16))
+        if not chunk:
+            raise ConnectionError(f"peer closed after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
+
+
+def parse_vars(block: bytes) -> dict[str, str]:
+    """A uwsgi vars block as a dict (latin-1, as the bytes come)."""
+    pairs: dict[str, str] = {}
+    offset = 0
+    while offset < len(block):
+        (key_len,) = struct.unpack_from("<H", block, offset)
+        key = block[offset + 2 : offset + 2 + key_len].decode("latin-1")
+        offset += 2 + key_len
+        (value_len,) = struct.unpack_from("<H", block, offset)
+        pairs[key] = block[offset + 2 : offset + 2 + value_len].decode("latin-1")
+        offset += 2 + value_len
+    return pairs
+
+
+class ThreadedNode:
+    """A TCP node on 127.0.0.1 served by a thread of the test, for behaviours no real app shows (breaking,
+    stalling, scripted answers). Subclasses set their own attributes, then call ``__init__``, and write
+    ``handle`` (run in the serving thread, one connection at a time, unless ``accepted`` is overridden); an
+    ``OSError`` in it ends that connection only. ``close`` stops the thread and the listener."""
+
+    #: seconds each accepted connection may block in one call
+    connection_timeout = 30.0
+
+    def __init__(self, *, port: int = 0, backlog: int = 64, buffer_size: int | None = None) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if buffer_size is not None:  # inherited by the accepted connections
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size)
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size)
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen(backlog)
+        self.listener.settimeout(0.1)
+        self.port = int(self.listener.getsockname()[1])
+        self.address = f"127.0.0.1:{self.port}"
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name=f"{type(self).__name__}-{self.port}", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted(conn)
+
+    def accepted(self, conn: socket.socket) -> None:
+        """Serve ``conn`` (here, in the serving thread) and close it."""
+        with conn:
+            conn.settimeout(self.connection_timeout)
+            try:
+                self.handle(conn)
+            except OSError:
+                pass
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        self.listener.close()

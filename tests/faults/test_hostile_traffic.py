@@ -25,6 +25,7 @@ import pytest
 from tests.support import (
     ProcessManager,
     Response,
+    ThreadedNode,
     can_connect,
     connect,
     free_port,
@@ -98,39 +99,22 @@ def test_a_request_too_large_for_subscribed_nodes_takes_no_node_out(procs: Proce
     assert "marking" not in router.log(), "a node that resets one request is not marked dead"
 
 
-class Breaker:
+class Breaker(ThreadedNode):
     """A node that accepts, reads what the router sent, and closes without a byte (a node dying mid-request);
     it counts the connections it got. Runs in a thread of the test."""
 
+    connection_timeout = 5.0
+
     def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind((LOOPBACK, 0))
-        self.listener.listen(64)
-        self.listener.settimeout(0.1)
-        self.address = f"{LOOPBACK}:{self.listener.getsockname()[1]}"
         self.connections = 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                try:
-                    conn.recv(65536)  # the request was delivered...
-                except OSError:
-                    pass
-                self.connections += 1  # ...and the node goes away without answering
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(5)
-        self.listener.close()
+    def handle(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)  # the request was delivered...
+        except OSError:
+            pass
+        self.connections += 1  # ...and the node goes away without answering
 
 
 def test_a_get_is_resent_once_when_its_node_breaks_without_answering(procs: ProcessManager) -> None:

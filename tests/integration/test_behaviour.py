@@ -10,11 +10,9 @@ import signal
 import socket
 import stat
 import struct
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,10 +21,12 @@ from tests.support import (
     Proc,
     ProcessManager,
     Response,
+    ThreadedNode,
     can_connect,
     connect,
     free_port,
     read_all,
+    recv_exactly,
     request_vars,
     router_worker,
     uwsgi_packet,
@@ -37,60 +37,31 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError(f"peer closed after {len(data)} of {size} bytes")
-        data += chunk
-    return data
-
-
-@dataclass
-class ScriptedBackend:
+class ScriptedBackend(ThreadedNode):
     """A tiny uwsgi backend in a thread: records every request head and sends a scripted reply, then closes.
 
     Connection N gets ``replies[N]`` (the last reply for every later connection).
     """
 
-    replies: Sequence[bytes]
-    heads: list[bytes] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
+    connection_timeout = 5.0
 
-    def __post_init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    def __init__(self, replies: Sequence[bytes]) -> None:
+        self.replies = replies
+        self.heads: list[bytes] = []
+        self.errors: list[BaseException] = []
+        super().__init__()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if not self._stop.is_set():
-                    self.errors.append(exc)
-                return
-            try:
-                with conn:
-                    conn.settimeout(5)
-                    header = recv_exactly(conn, 4)
-                    head = header + recv_exactly(conn, struct.unpack("<H", header[1:3])[0])
-                    reply = self.replies[min(len(self.heads), len(self.replies) - 1)]
-                    self.heads.append(head)
-                    conn.sendall(reply)
-            except Exception as exc:
-                self.errors.append(exc)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
+    def accepted(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                conn.settimeout(self.connection_timeout)
+                header = recv_exactly(conn, 4)
+                head = header + recv_exactly(conn, struct.unpack("<H", header[1:3])[0])
+                reply = self.replies[min(len(self.heads), len(self.replies) - 1)]
+                self.heads.append(head)
+                conn.sendall(reply)
+        except Exception as exc:
+            self.errors.append(exc)
 
 
 @pytest.fixture

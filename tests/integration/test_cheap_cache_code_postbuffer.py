@@ -33,9 +33,12 @@ from tests.support import (
     Proc,
     ProcessManager,
     Response,
+    ThreadedNode,
     connect,
     free_port,
+    parse_vars,
     read_all,
+    recv_exactly,
     request_vars,
     router_worker,
     uwsgi_packet,
@@ -74,30 +77,7 @@ class Received:
         return (self.last_body_at or self.head_at) - self.accepted_at
 
 
-def _recv_exact(conn: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("the peer closed the connection early")
-        data += chunk
-    return bytes(data)
-
-
-def _parse_vars(block: bytes) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    offset = 0
-    while offset < len(block):
-        (key_len,) = struct.unpack_from("<H", block, offset)
-        key = block[offset + 2 : offset + 2 + key_len].decode("latin-1")
-        offset += 2 + key_len
-        (value_len,) = struct.unpack_from("<H", block, offset)
-        pairs[key] = block[offset + 2 : offset + 2 + value_len].decode("latin-1")
-        offset += 2 + value_len
-    return pairs
-
-
-class ScriptedBackend:
+class ScriptedBackend(ThreadedNode):
     """A uwsgi backend on 127.0.0.1:<free port> in threads of the test; answers like instance_app.py.
 
     It records the header's modifier1 and the request's vars, body and timestamps. The body is read
@@ -107,45 +87,27 @@ class ScriptedBackend:
 
     def __init__(self, name: str, port: int = 0) -> None:
         self.name = name
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((LOOPBACK, port))
-        self.listener.listen(256)
-        self.listener.settimeout(0.1)
-        self.port = int(self.listener.getsockname()[1])
         self.received: list[Received] = []
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, name=f"scripted-{name}", daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        super().__init__(port=port, backlog=256)
 
     def complete(self) -> list[Received]:
         with self.lock:
             return [r for r in self.received if r.complete]
 
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            record = Received(time.monotonic())
-            with self.lock:
-                self.received.append(record)
-            threading.Thread(target=self._handle, args=(conn, record), daemon=True).start()
+    def accepted(self, conn: socket.socket) -> None:
+        """Each connection in a thread of its own: requests overlap."""
+        record = Received(time.monotonic())
+        with self.lock:
+            self.received.append(record)
+        threading.Thread(target=self._handle, args=(conn, record), daemon=True).start()
 
     def _handle(self, conn: socket.socket, record: Received) -> None:
         with conn:
             conn.settimeout(30)
             try:
-                modifier1, size, modifier2 = struct.unpack("<BHB", _recv_exact(conn, 4))
-                record.vars = _parse_vars(_recv_exact(conn, size))
+                modifier1, size, modifier2 = struct.unpack("<BHB", recv_exactly(conn, 4))
+                record.vars = parse_vars(recv_exactly(conn, size))
                 record.modifier1, record.modifier2, record.head_at = modifier1, modifier2, time.monotonic()
                 length = int(record.vars.get("CONTENT_LENGTH") or 0)
                 streamed = not length and "HTTP_X_STREAM" in record.vars
@@ -165,11 +127,6 @@ class ScriptedBackend:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             except OSError:
                 return
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(5)
-        self.listener.close()
 
 
 @pytest.fixture

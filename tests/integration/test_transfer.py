@@ -16,9 +16,12 @@ from tests.support import (
     Proc,
     ProcessManager,
     Response,
+    ThreadedNode,
     free_port,
     http_get,
+    parse_vars,
     read_all,
+    recv_exactly,
     request_vars,
     router_worker,
     tree_rss,
@@ -193,50 +196,19 @@ SMALL_BUFFER = 64 * 1024
 CHUNK = 64 * 1024
 
 
-class SlowNode:
+class SlowNode(ThreadedNode):
     """A uwsgi node in a thread of the test. ``/big``: answers 10 MiB, counting what it managed to send;
     ``/upload``: reads the head, then the body only once ``release`` is set; anything else: a short answer."""
 
     def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)  # inherited by accepted ones
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.1)
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.sent = 0
         self.release = threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(backlog=16, buffer_size=SMALL_BUFFER)
 
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(30)
-                try:
-                    self._handle(conn)
-                except OSError:
-                    pass
-
-    def _handle(self, conn: socket.socket) -> None:
-        head = self._exact(conn, 4)
-        block = self._exact(conn, int.from_bytes(head[1:3], "little"))
-        pairs = {}
-        offset = 0
-        while offset < len(block):
-            size = int.from_bytes(block[offset : offset + 2], "little")
-            name = block[offset + 2 : offset + 2 + size]
-            offset += 2 + size
-            size = int.from_bytes(block[offset : offset + 2], "little")
-            pairs[name] = block[offset + 2 : offset + 2 + size]
-            offset += 2 + size
-        path = pairs.get(b"PATH_INFO", b"/").decode()
+    def handle(self, conn: socket.socket) -> None:
+        head = recv_exactly(conn, 4)
+        pairs = parse_vars(recv_exactly(conn, int.from_bytes(head[1:3], "little")))
+        path = pairs.get("PATH_INFO", "/")
         if path == "/big":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % SIZE)
             chunk = b"x" * CHUNK
@@ -247,25 +219,13 @@ class SlowNode:
         body = b""
         if path == "/upload":
             self.release.wait(60)
-            body = self._exact(conn, int(pairs.get(b"CONTENT_LENGTH") or 0))
+            body = recv_exactly(conn, int(pairs.get("CONTENT_LENGTH") or 0))
         answer = f"len={len(body)} md5={hashlib.md5(body).hexdigest()}".encode()
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
 
-    @staticmethod
-    def _exact(conn: socket.socket, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = conn.recv(min(size - len(data), CHUNK))
-            if not chunk:
-                raise ConnectionError("closed early")
-            data += chunk
-        return bytes(data)
-
     def close(self) -> None:
-        self.stopping.set()
         self.release.set()
-        self.thread.join(10)
-        self.listener.close()
+        super().close()
 
 
 @pytest.fixture
