@@ -20,6 +20,7 @@ from tests.support import (
     Proc,
     ProcessManager,
     Response,
+    ThreadedNode,
     free_port,
     log_lines,
     request_vars,
@@ -40,38 +41,18 @@ REQUESTS = 20
 INTERVAL_S = 0.1
 
 
-class StuckBackend:
+class StuckBackend(ThreadedNode):
     """A listener on 127.0.0.1 that accepts every connection, holds it, and never reads or writes."""
 
     def __init__(self) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind((LOOPBACK, 0))
-        self.listener.listen(128)
-        self.listener.settimeout(0.1)
-        self.port = int(self.listener.getsockname()[1])
         self.held: list[socket.socket] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._accept, name="stuck-backend", daemon=True)
-        self.thread.start()
+        super().__init__(backlog=128)
 
-    @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.held.append(conn)
+    def accepted(self, conn: socket.socket) -> None:
+        self.held.append(conn)
 
     def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(5)
-        self.listener.close()
+        super().close()
         for conn in self.held:
             conn.close()
 
