@@ -17,6 +17,8 @@ from uwsgirouter import __version__
 from uwsgirouter.address import SharedSocketRef, TcpAddress, UnixAddress
 from uwsgirouter.cli import main
 from uwsgirouter.config import Config, load_config
+from uwsgirouter.config.checks import check_config
+from uwsgirouter.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT.parent / "shared" / "seed" / "Fastrouter.rst"
@@ -615,3 +617,18 @@ def test_the_shipped_example_configurations_are_valid(tmp_path: Path) -> None:
     (tmp_path / "example.com").mkdir()
     for ini in sorted((Path(__file__).resolve().parents[2] / "conf").glob("*.ini")):
         assert main(["--dry-run", "--set", f"sockets-dir={tmp_path}", str(ini)]) == 0, ini
+
+
+def test_the_cache_named_by_fastrouter_use_cache_must_exist() -> None:
+    def problem(*argv: str) -> str | None:
+        try:
+            check_config(load_config(["--fastrouter", "127.0.0.1:0", *argv], {}))
+        except ConfigError as exc:
+            return str(exc)
+        return None
+
+    assert problem("--cache", "10", "--fastrouter-use-cache=default") is None  # --cache's name is "default"
+    assert problem("--cache2", "name=c,items=10", "--fastrouter-use-cache=c") is None
+    assert problem("--cache2", "name=c,items=10", "--fastrouter-use-cache=default") == (
+        "--fastrouter-use-cache=default: no cache has that name"
+    )

@@ -18,6 +18,7 @@ from uwsgirouter.config.converters import (
     integer,
     to_bool,
 )
+from uwsgirouter.config.log_options import CTIME_FORMAT, _log_date
 
 
 def refused(convert: object, raw: str) -> str:
@@ -86,3 +87,14 @@ def test_code_string() -> None:
     assert _code_string("5:C:/odd:path.py:get") == (5, "C:/odd:path.py", "get")
     for raw in ("0:map.py", "x:map.py:get", ":map.py:get", "0::get", "0:map.py:", "map.py"):
         assert refused(_code_string, raw) == "not MODIFIER1:FILE:FUNCTION"
+
+
+def test_octal_mode_refuses_letters() -> None:
+    assert refused(_octal_mode, "6X0") == "not an octal mode"
+
+
+def test_log_date_words_in_any_case_or_a_format() -> None:
+    # read afresh: the option's converter is built at import
+    assert [_log_date(raw) for raw in ("true", " On ", "YES", "1")] == [CTIME_FORMAT] * 4
+    assert [_log_date(raw) for raw in ("false", "OFF", " no ", "0")] == [None] * 4
+    assert _log_date("%Y-%m-%d ") == "%Y-%m-%d "

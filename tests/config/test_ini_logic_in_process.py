@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from uwsgirouter.config import load_config
-from uwsgirouter.config.logic import MAX_COPIES
+from uwsgirouter.config import Entry, load_config, load_entries
+from uwsgirouter.config.logic import MAX_COPIES, ConfigLogic, _path_test
 from uwsgirouter.errors import ConfigError
 
 
@@ -94,3 +94,97 @@ def test_loops(tmp_path: Path) -> None:
     assert kept(f"for-glob = {tmp_path}/none*", tmp_path) == [f"{tmp_path}/none*"]  # no match: the pattern
     assert kept(f"for-readline = {tmp_path}/lines", tmp_path) == ["one", "two", "", "three"]
     assert kept(f"for-readline = {tmp_path}/gone", tmp_path) == []
+
+
+def test_a_path_test_built_afresh_keeps_its_argument_when_the_check_holds_or_fails_as_negated() -> None:
+    # The block-test table is built when logic.py is imported; building a test again shows a change to the
+    # code that builds them (tools/mutation runs each mutant after the imports).
+    def is_yes(arg: str) -> bool:
+        return arg == "yes"
+
+    assert _path_test(is_yes, False)(None, "yes") == ["yes"]  # type: ignore[arg-type]
+    assert _path_test(is_yes, False)(None, "no") == []  # type: ignore[arg-type]
+    assert _path_test(is_yes, True)(None, "no") == ["no"]  # type: ignore[arg-type]
+    assert _path_test(is_yes, True)(None, "yes") == []  # type: ignore[arg-type]
+
+
+def test_only_the_logic_options_open_or_close_blocks() -> None:
+    assert ConfigLogic.canonical("ifenv") == "if-env" and ConfigLogic.canonical("if-directory") == "if-dir"
+    assert [ConfigLogic.canonical(key) for key in ("end", "end-if", "endfor", "end-for")] == ["endif"] * 4
+    # uWSGI options whose names start like a block opener but are not one
+    assert [ConfigLogic.canonical(key) for key in ("force-cwd", "forkbomb-delay", "processes")] == [None] * 3
+    entries = load_entries(["--force-cwd", "/x", "--processes", "2"], {}, warn=lambda _: None)
+    assert [(e.key, e.value) for e in entries] == [("force-cwd", "/x"), ("processes", "2")]
+
+
+def test_nested_openers_are_named_with_their_values_and_origins() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_entries(["--if-not-reload", "--if-reload", "--processes", "2"], {})
+    assert str(info.value) == (
+        "if-reload =  (command line) inside the if-not-reload =  block (command line): "
+        "recursive logic in options is not supported (as in uWSGI)"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_entries(["--if-env", "A", "--if-env", "B=1"], {"A": "x"})
+    assert str(info.value) == (
+        "if-env = B=1 (command line) inside the if-env = A block (command line): "
+        "recursive logic in options is not supported (as in uWSGI)"
+    )
+    warnings: list[str] = []
+    entries = load_entries(["--if-reload", "--if-not-reload", "--processes", "2", "--endif"], {}, warnings.append)
+    assert entries == [] and warnings == [
+        "if-not-reload =  (command line) inside the if-reload =  block (command line) is dropped, as uWSGI "
+        "does: blocks do not nest, and the first endif closes the if-reload block"
+    ]
+    warnings.clear()
+    load_entries(["--if-env", "A", "--if-env", "B", "--endif"], {}, warnings.append)
+    assert warnings == [
+        "if-env = B (command line) inside the if-env = A block (command line) is dropped, as uWSGI does: "
+        "blocks do not nest, and the first endif closes the if-env block"
+    ]
+
+
+def test_a_file_read_inside_a_block_that_holds_is_taken_whole(tmp_path: Path) -> None:
+    inner = tmp_path / "inner.ini"
+    inner.write_text("[uwsgi]\nthreads = 2\nendif =\nlisten = 7\n")
+    argv = ["--if-env", "A", "--ini", str(inner), "--processes", "%(_)", "--endif", "--master"]
+    entries = load_entries(argv, {"A": "3"})
+    # the endif inside the file neither closes the block nor becomes an option; the block goes on after it
+    assert [(e.key, e.value) for e in entries] == [
+        ("ini", str(inner)),
+        ("threads", "2"),
+        ("listen", "7"),
+        ("processes", "3"),
+        ("master", None),
+    ]
+    assert load_entries(argv, {}) == [Entry("master", None, "command line")]  # the block fails: no file read
+    inner.write_text("[uwsgi]\nthreads = 2\nif-exists = /\nlisten = 7\n")
+    with pytest.raises(ConfigError) as info:
+        load_entries(argv, {"A": "3"})
+    assert str(info.value) == (
+        f"if-exists = / ({inner} [uwsgi]) inside the if-env = A block (command line): "
+        "recursive logic in options is not supported (as in uWSGI)"
+    )
+
+
+def test_for_readline_lines_and_files_it_cannot_read(tmp_path: Path) -> None:
+    lines = tmp_path / "lines"
+    lines.write_bytes(b"caf\xc3\xa9 \nraw \xff\nendX\r\n")
+    assert kept(f"for-readline = {lines}", tmp_path) == ["café ", "raw \udcff", "endX"]
+    (tmp_path / "dir").mkdir()
+    warnings: list[str] = []
+    for path, reason in (
+        (tmp_path / "gone", "No such file or directory"),
+        (tmp_path / "dir", "Is a directory"),
+        (f"{tmp_path}/nul\0", "embedded null byte"),
+    ):
+        warnings.clear()
+        argv = ["--for-readline", str(path), "--procname-append", "%(_)", "--endfor"]
+        assert load_entries(argv, {}, warnings.append) == []
+        assert warnings == [f"for-readline = {path} (command line): {reason}: no lines"]
+
+
+def test_for_glob_marks_directories_once(tmp_path: Path) -> None:
+    (tmp_path / "a.d").mkdir()
+    assert kept(f"for-glob = {tmp_path}/a.d/", tmp_path) == [f"{tmp_path}/a.d/"]
+    assert kept(f"for-glob = {tmp_path}/a.*", tmp_path) == [f"{tmp_path}/a.d/"]

@@ -9,6 +9,7 @@ Permissions for another user are decided from the mode bits (owner, group, other
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,107 @@ def test_log_rotation_needs_a_writable_directory_and_a_backup_on_the_same_file_s
 def test_log_rotation_of_a_log_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert problem("--log-maxsize", "100", "--logto", "r.log", "--log-backupname", "old.log") is None
+
+
+def test_every_unix_socket_needs_an_existing_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = tmp_path / "gone"
+    options = ("shared-socket", "undeferred-shared-socket", "socket", "fastrouter", "fastrouter-stats", "stats")
+    for option in (*options, "fastrouter-subscription-server"):
+        # a TCP address before it does not end the check
+        tcp = () if option in ("fastrouter-stats", "stats") else (f"--{option}", "127.0.0.1:0")
+        assert problem(*tcp, f"--{option}", f"{gone}/x.sock") == f"--{option} {gone}/x.sock: no such directory {gone}"
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")  # a relative path is under --chdir, not the working directory
+    base = ("--chdir", str(tmp_path))
+    assert problem(*base, "--socket", "run/x.sock", "--stats", "run/s.sock") is None
+    assert problem(*base, "--socket", "no/x.sock") == f"--socket no/x.sock: no such directory {tmp_path}/no"
+
+
+def test_a_chown_hook_naming_an_unknown_user_is_refused_in_every_phase() -> None:
+    for phase in ("as-root", "as-user", "pre-app", "master-start", "as-gateway"):
+        assert problem(f"--hook-{phase}", "chown:/x no-such-user root") == (
+            f"--hook-{phase} \"chown:/x no-such-user root\": no user 'no-such-user' on this host"
+        )
+    assert problem("--hook-as-root", "chown:/x root root") is None
+
+
+def test_files_named_relative_to_chdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # has no sub/ and no plain
+    base = ("--chdir", str(tmp_path))
+    for option in ("daemonize", "logto", "pidfile"):
+        assert problem(*base, f"--{option}", "sub/x") is None
+    assert problem(*base, "--master-fifo", "plain") == f"--master-fifo {tmp_path}/plain: exists and is not a fifo"
+    rotate = (*base, "--log-maxsize", "100", "--logto", "sub/r.log")
+    assert problem(*rotate) is None
+    assert problem(*rotate, "--log-backupname", "sub/old") is None
+    assert (
+        problem(*rotate, "--log-backupname", "gone/old")
+        == f"--log-backupname gone/old: no such directory {tmp_path}/gone"
+    )
+
+
+read_only = pytest.mark.skipif(
+    not os.path.isdir("/proc/sys") or os.access("/proc/sys", os.W_OK), reason="needs a read-only directory"
+)
+
+
+@read_only
+def test_a_directory_this_process_cannot_write_is_refused() -> None:
+    assert (
+        problem("--pidfile", "/proc/sys/x.pid") == "--pidfile /proc/sys/x.pid: the directory /proc/sys is not writable"
+    )
+
+
+@as_root
+def test_the_group_bits_apply_with_the_gid_the_instance_becomes(tmp_path: Path) -> None:
+    user = ("--uid", "nobody", "--gid", "nogroup")
+    group = directory(tmp_path / "group", 0o030, gid=NOBODY)
+    assert problem(*user, "--master-fifo", str(group / "f")) is None
+    assert problem(*user, "--logto2", str(group / "x.log")) is None
+    assert problem("--uid", "nobody", "--gid", "12345", "--pidfile2", str(group / "x.pid")) == (
+        f"--pidfile2 {group}/x.pid: the directory {group} is not writable"
+    ), "the group bits are for the directory's own group"
+    log = group / "r.log"
+    log.write_text("")
+    os.chown(log, 0, NOBODY)
+    log.chmod(0o020)
+    assert problem(*user, "--logto2", str(log)) is None
+    backups = directory(tmp_path / "backups", 0o030, gid=NOBODY)
+    assert problem(*user, "--log-maxsize", "100", "--logto2", str(log), "--log-backupname", f"{backups}/o") is None
+
+
+@as_root
+def test_the_others_bits_for_a_file_and_for_a_directory(tmp_path: Path) -> None:
+    log = tmp_path / "r.log"
+    log.write_text("")
+    log.chmod(0o662)  # owned by root: others may write, not execute (a file needs no search bit)
+    assert problem("--uid", "nobody", "--logto2", str(log)) is None
+
+
+@as_root
+def test_log_rotation_needs_a_searchable_directory(tmp_path: Path) -> None:
+    unsearchable = directory(tmp_path / "unsearchable", 0o677, uid=NOBODY)
+    log = unsearchable / "r.log"
+    log.write_text("")
+    os.chown(log, NOBODY, 0)
+    rotate = ("--uid", "nobody", "--log-maxsize", "100", "--logto2", str(log))
+    assert problem(*rotate) == f"--log-maxsize 100: the directory {unsearchable} of {log} is not writable"
+    logs = directory(tmp_path / "logs", 0o700, uid=NOBODY)
+    shutil.move(log, logs / "r.log")
+    ok = ("--uid", "nobody", "--log-maxsize", "100", "--logto2", str(logs / "r.log"))
+    assert problem(*ok) is None
+    assert problem(*ok, "--log-backupname", f"{unsearchable}/old") == (
+        f"--log-backupname {unsearchable}/old: the directory {unsearchable} is not writable"
+    )
+
+
+def test_root_may_write_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    closed.chmod(0o555)
+    # an instance started by another user that is to become root (--uid 0): the mode bits do not apply
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert problem("--uid", "0", "--pidfile2", str(closed / "x.pid")) is None
