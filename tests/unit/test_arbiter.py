@@ -18,6 +18,7 @@ from uwsgirouter.arbiter import (
     RELOAD_BOOT_TIMEOUT_S,
     ROUTER,
     WORKER_BOOT_ERROR,
+    WORKER_RECYCLED,
     Arbiter,
     WorkerSpec,
 )
@@ -641,3 +642,69 @@ def test_harakiris_add_up_per_worker_id() -> None:
         arbiter.reap()
         arbiter.tick()
     assert arbiter.records[ROUTER, 1].harakiri_count == 2
+
+
+def test_a_recycled_app_worker_is_respawned_at_once_under_its_id() -> None:
+    arbiter, fake = make(routers=1, apps=2)
+    arbiter.spawn_all()
+    beat_all(arbiter, fake)
+    arbiter.tick()
+    fake.now += 0.5  # even right after its start: leaving to be replaced is not a crash
+    fake.exits.append((1003, exited(WORKER_RECYCLED)))
+    arbiter.reap()
+    arbiter.tick()
+    assert fake.forked[-1] == 1004 and arbiter.workers[1004].spec.kind == APP
+    assert arbiter.workers[1004].spec.number == 2 and arbiter.records[APP, 2].respawn_count == 2
+
+
+def test_dead_workers_are_respawned_unless_cheap_holds_back_the_app_workers() -> None:
+    arbiter, fake = make(routers=1, apps=1)
+    arbiter.spawn_all()
+    beat_all(arbiter, fake)
+    arbiter.tick()
+    fake.now += 60
+    fake.exits.append((1002, killed(signal.SIGKILL)))  # an app worker, not cheap: respawned
+    arbiter.reap()
+    arbiter.tick()
+    assert fake.forked == [1001, 1002, 1003] and arbiter.workers[1003].spec.kind == APP
+    arbiter.go_cheap()
+    fake.exits.append((1001, killed(signal.SIGKILL)))  # the router, while cheap: respawned
+    arbiter.reap()
+    arbiter.tick()
+    assert fake.forked == [1001, 1002, 1003, 1004] and arbiter.workers[1004].spec.kind == ROUTER
+
+
+def test_going_cheap_counts_and_keeps_the_routers_respawn(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "uwsgirouter.master")
+    arbiter, fake = make(routers=1, apps=3, worker_reload_mercy=10)
+    arbiter.spawn_all()
+    fake.exits.append((1001, killed(signal.SIGSEGV)))  # the router dies at once: respawn after a back-off
+    arbiter.reap()
+    arbiter.go_cheap()
+    assert "going cheap: 3 app worker(s) retiring; spawned again on the next connection" in messages(caplog)
+    fake.now += BACKOFF_FIRST_S
+    arbiter.tick()
+    assert fake.forked[-1] == 1005 and arbiter.workers[1005].spec.kind == ROUTER
+    # a retiring app worker that does not finish within the mercy is killed
+    fake.now += 11
+    arbiter.tick()
+    assert sorted(pid for pid, signum in fake.kills if signum == signal.SIGKILL) == [1002, 1003, 1004]
+
+
+def test_going_cheap_is_refused_without_app_workers_or_during_a_stop() -> None:
+    arbiter, fake = make(routers=1, apps=0)
+    arbiter.spawn_all()
+    arbiter.go_cheap()
+    assert not arbiter.cheap and fake.kills == []
+    arbiter, fake = make(routers=1, apps=1)
+    arbiter.spawn_all()
+    arbiter.stop("graceful")
+    arbiter.go_cheap()
+    assert not arbiter.cheap and fake.kills == [(1001, signal.SIGTERM), (1002, signal.SIGTERM)]
+
+
+def test_signal_apps_reaches_the_app_workers_only() -> None:
+    arbiter, fake = make(routers=1, apps=2)
+    arbiter.spawn_all()
+    arbiter.signal_apps(signal.SIGTSTP)
+    assert fake.kills == [(1002, signal.SIGTSTP), (1003, signal.SIGTSTP)]
