@@ -43,10 +43,17 @@ needs_root = pytest.mark.skipif(
 )
 
 
+#: Processes that become nobody run unmeasured (under ``scripts/test``): nobody may not write coverage's data
+#: files, and coverage would add its own traceback to the logs and stderr these tests read.
+NO_COVERAGE = {"COVERAGE_PROCESS_START": "", "COVERAGE_PROCESS_CONFIG": ""}
+
+
 def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``argv`` run as nobody (unmeasured: see ``NO_COVERAGE``)."""
     assert SETPRIV is not None and NOBODY is not None
     prefix = [SETPRIV, f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups"]
-    return subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=30, check=False)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("COVERAGE_")}
+    return subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=30, check=False, env=env)
 
 
 def as_root(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -103,6 +110,7 @@ def test_a_router_run_as_nobody_serves_and_is_reloaded_and_stopped_by_anyone(
         str(pidfile),
         *drop,
         wait_for=("127.0.0.1", port),
+        env=NO_COVERAGE,
     )
     procs.router(
         "--master",
@@ -113,7 +121,7 @@ def test_a_router_run_as_nobody_serves_and_is_reloaded_and_stopped_by_anyone(
         "--subscribe2",
         f"server=127.0.0.1:{server},key={KEY},sign=SHA1:{private}",
         *drop,
-        env={"INSTANCE": "signed"},
+        env={"INSTANCE": "signed", **NO_COVERAGE},
         wait_for=("127.0.0.1", node),
     )
     assert pwd.getpwuid(os.stat(f"/proc/{router.pid}").st_uid).pw_name == "nobody"
