@@ -122,6 +122,8 @@ class Arbiter:
     reloading: bool = False
     reload_started: float = 0.0
     reload_brutal: bool = False  # the old generation leaves at once instead of finishing its requests
+    #: a reload asked for while the previous generation still holds its slots: (reread, brutal), started later
+    reload_waiting: tuple[bool, bool] | None = None
     failures: dict[str, int] = field(default_factory=dict)
     respawns: list[_Respawn] = field(default_factory=list)
     booted_kinds: set[str] = field(default_factory=set)
@@ -136,6 +138,9 @@ class Arbiter:
         return 0 if self.cheap else self.apps
 
     # -- spawning -------------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return self.heartbeats.slots - len({w.spec.slot for w in self.workers.values()})
 
     def _free_slot(self) -> int:
         used = {w.spec.slot for w in self.workers.values()}
@@ -242,6 +247,14 @@ class Arbiter:
         if self.reloading:
             log.warning("a reload is already in progress; this one is ignored")
             return
+        if self._free_slots() < self.routers + self.apps:
+            # The previous generation is still finishing its requests: its slots are not free yet. The reload
+            # starts once they are (``tick``), instead of failing for want of a heartbeat slot.
+            if self.reload_waiting is None:
+                log.info("reload requested while the previous workers finish their requests; it starts once they left")
+            self.reload_waiting = (reread, brutal)
+            return
+        self.reload_waiting = None
         if reread and self.reload_config is not None:
             try:
                 self.reload_config()
@@ -345,6 +358,8 @@ class Arbiter:
                 self.spawn(respawn.kind, respawn.number)
         if self.reloading:
             self._advance_reload(now)
+        elif self.reload_waiting is not None and self._free_slots() >= self.routers + self.apps:
+            self.reload(*self.reload_waiting)
         for pid, worker in self.workers.items():
             if worker.retiring_since and not worker.killed and now - worker.retiring_since > self.worker_reload_mercy:
                 log.warning(

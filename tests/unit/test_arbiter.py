@@ -708,3 +708,29 @@ def test_signal_apps_reaches_the_app_workers_only() -> None:
     arbiter.spawn_all()
     arbiter.signal_apps(signal.SIGTSTP)
     assert fake.kills == [(1002, signal.SIGTSTP), (1003, signal.SIGTSTP)]
+
+
+def test_a_reload_asked_for_while_the_old_workers_still_finish_waits_for_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two reloads in a row (``echo r > fifo`` twice): the second comes while the first one's old workers
+    still finish their requests and hold their heartbeat slots. It starts once they left; the master never
+    stops for want of a slot."""
+    arbiter, fake = make(routers=1, apps=1)
+    arbiter.spawn_all()
+    beat_all(arbiter, fake)
+    arbiter.tick()
+    arbiter.handle_signal(signal.SIGHUP)
+    beat_all(arbiter, fake)
+    arbiter.tick()  # generation 1 serves; 1001 and 1002 retire
+    assert not arbiter.reloading
+    with caplog.at_level(logging.INFO, "uwsgirouter.master"):
+        arbiter.handle_signal(signal.SIGHUP)
+        arbiter.tick()
+    assert fake.forked == [1001, 1002, 1003, 1004], "no slot for a third generation yet"
+    assert "it starts once they left" in caplog.text
+    fake.exits += [(1001, exited(0)), (1002, exited(0))]
+    arbiter.reap()
+    arbiter.tick()
+    assert fake.forked == [1001, 1002, 1003, 1004, 1005, 1006]
+    assert arbiter.generation == 2 and arbiter.reloading
