@@ -13,7 +13,8 @@ from wsgiref.validate import validator
 import pytest
 
 from uwsgirouter.protocol import RequestHead, RequestReader, encode_packet
-from uwsgirouter.workers.wsgi import ClientDisconnected, FileWrapper, InputStream, _Response, build_environ
+from uwsgirouter.workers.response import Response
+from uwsgirouter.workers.wsgi import ClientDisconnected, FileWrapper, InputStream, build_environ
 
 
 def head_from_wire(pairs: list[tuple[bytes, bytes]], modifier1: int = 0) -> tuple[RequestHead, bytes]:
@@ -147,7 +148,7 @@ def sent(ours: socket.socket, peer: socket.socket) -> bytes:
 
 def test_head_is_sent_lazily_with_the_first_non_empty_chunk(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, peer = pair
-    r = _Response(ours, b"HTTP/1.1")
+    r = Response(ours, b"HTTP/1.1")
     write = r.start_response("200 OK", [("Content-Type", "text/plain"), ("X-A", "1")])
     write(b"")
     assert not r.head_sent
@@ -160,7 +161,7 @@ def test_head_is_sent_lazily_with_the_first_non_empty_chunk(pair: tuple[socket.s
 
 def test_finish_sends_the_head_of_an_empty_response(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, peer = pair
-    r = _Response(ours, b"HTTP/1.0")
+    r = Response(ours, b"HTTP/1.0")
     r.start_response("204 No Content", [])
     r.finish()
     assert sent(ours, peer) == b"HTTP/1.0 204 No Content\r\n\r\n"
@@ -180,7 +181,7 @@ def test_a_bare_code_gets_uwsgi_reason_phrase(
     pair: tuple[socket.socket, socket.socket], status: str, line: bytes
 ) -> None:
     ours, peer = pair
-    r = _Response(ours, b"HTTP/1.1")
+    r = Response(ours, b"HTTP/1.1")
     r.start_response(status, [])
     r.finish()
     assert sent(ours, peer) == b"HTTP/1.1 " + line + b"\r\n\r\n"
@@ -188,7 +189,7 @@ def test_a_bare_code_gets_uwsgi_reason_phrase(
 
 def test_start_response_twice_needs_exc_info(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, peer = pair
-    r = _Response(ours, b"HTTP/1.1")
+    r = Response(ours, b"HTTP/1.1")
     r.start_response("200 OK", [])
     with pytest.raises(RuntimeError, match="second time"):
         r.start_response("500 Oops", [])
@@ -219,13 +220,13 @@ def test_start_response_twice_needs_exc_info(pair: tuple[socket.socket, socket.s
 def test_invalid_status_or_headers_are_refused(
     pair: tuple[socket.socket, socket.socket], status: Any, headers: Any, error: type[Exception]
 ) -> None:
-    r = _Response(pair[0], b"HTTP/1.1")
+    r = Response(pair[0], b"HTTP/1.1")
     with pytest.raises(error):
         r.start_response(status, headers)
 
 
 def test_body_must_be_bytes_and_follow_start_response(pair: tuple[socket.socket, socket.socket]) -> None:
-    r = _Response(pair[0], b"HTTP/1.1")
+    r = Response(pair[0], b"HTTP/1.1")
     with pytest.raises(RuntimeError, match="before calling start_response"):
         r.write(b"x")
     r.start_response("200 OK", [])
@@ -236,7 +237,7 @@ def test_body_must_be_bytes_and_follow_start_response(pair: tuple[socket.socket,
 def test_a_send_to_a_gone_client_raises_client_disconnected(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, peer = pair
     peer.close()
-    r = _Response(ours, b"HTTP/1.1")
+    r = Response(ours, b"HTTP/1.1")
     r.start_response("200 OK", [])
     with pytest.raises(ClientDisconnected):
         r.write(b"x" * 100000)
@@ -247,7 +248,7 @@ def test_a_send_to_a_gone_client_raises_client_disconnected(pair: tuple[socket.s
 
 def test_internal_error_replaces_an_unsent_response(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, peer = pair
-    r = _Response(ours, b"HTTP/1.1")
+    r = Response(ours, b"HTTP/1.1")
     r.start_response("200 OK", [("X-A", "1")])
     r.internal_error()
     assert sent(ours, peer) == (
@@ -261,7 +262,7 @@ def test_sendfile_sends_a_real_file_from_its_position(pair: tuple[socket.socket,
     ours, peer = pair
     path = tmp_path / "f.bin"
     path.write_bytes(b"0123456789" * 1000)
-    r = _Response(ours, b"HTTP/1.1")
+    r = Response(ours, b"HTTP/1.1")
     r.start_response("200 OK", [])
     with open(path, "rb") as f:
         f.seek(5)
@@ -273,7 +274,7 @@ def test_sendfile_sends_a_real_file_from_its_position(pair: tuple[socket.socket,
 def test_sendfile_declines_what_is_not_a_binary_file(pair: tuple[socket.socket, socket.socket], tmp_path: Any) -> None:
     import io
 
-    r = _Response(pair[0], b"HTTP/1.1")
+    r = Response(pair[0], b"HTTP/1.1")
     r.start_response("200 OK", [])
     assert not r.sendfile(FileWrapper(io.BytesIO(b"abc")))
     (tmp_path / "t.txt").write_text("abc")
