@@ -160,3 +160,22 @@ def test_file_substitution_reads_any_bytes_and_names_a_missing_file(tmp_path: Pa
     gone = tmp_path / "gone"
     assert refusal("--procname", f"@({gone})") == f"@({gone}): No such file or directory"
     assert refusal("--procname", f"@({tmp_path})") == f"@({tmp_path}): Is a directory"
+
+
+def test_a_bare_line_naming_an_option_of_uwsgirouter_only_is_no_problem(tmp_path: Path) -> None:
+    path = tmp_path / "a.ini"
+    path.write_text("[uwsgi]\ndry-run\n")
+    warnings: list[str] = []
+    assert load_entries([str(path)], {}, warnings.append) == [Entry("dry-run", "", f"{path} [uwsgi]")]
+    assert warnings == []
+
+
+def test_upper_case_magic_variables_come_from_the_first_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "inc.ini").write_text("[uwsgi]\nprocname = %D|%d\n")
+    (tmp_path / "sub" / "inc2.ini").write_text("[uwsgi]\nprocname-prefix = %N\n")
+    main = tmp_path / "main.ini"
+    main.write_text(f"[uwsgi]\nini = {tmp_path}/sub/inc.ini\nini = {tmp_path}/sub/inc2.ini\n")
+    config = load_config([str(main)], {})
+    assert config.procname == f"{tmp_path}/|{tmp_path}/sub/"
+    assert config.procname_prefix == "main"
