@@ -179,3 +179,11 @@ def test_upper_case_magic_variables_come_from_the_first_file(tmp_path: Path) -> 
     config = load_config([str(main)], {})
     assert config.procname == f"{tmp_path}/|{tmp_path}/sub/"
     assert config.procname_prefix == "main"
+
+
+def test_an_ini_line_with_no_file_is_refused_naming_where_it_is(tmp_path: Path) -> None:
+    """uWSGI stops on it ("realpath() of  failed"); it must not reread the last file until the depth limit."""
+    ini = tmp_path / "site.ini"
+    ini.write_text("[uwsgi]\nini =\nsocket = 127.0.0.1:0\n")
+    assert refusal(str(ini)) == f"ini = ({ini} [uwsgi]): no file named"
+    assert refusal("--ini", "") == "ini = (command line): no file named"

@@ -159,7 +159,9 @@ class _Expander:
             return
         self.out.append(entry)
         if entry.key == "ini":
-            self.load_file(entry.value or "", depth)
+            if not entry.value:  # uWSGI fails on it too ("realpath() of  failed"); here it would reread the last file
+                raise ConfigError(f"ini = ({entry.origin}): no file named")
+            self.load_file(entry.value, depth)
         elif entry.key == "set" and entry.value is not None:
             name, eq, value = entry.value.partition("=")
             if not eq or not name:
