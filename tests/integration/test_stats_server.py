@@ -179,6 +179,16 @@ def start_instance(procs: ProcessManager, stats: str, *extra: str) -> tuple[Any,
     return proc, port
 
 
+def start_backend(procs: ProcessManager) -> int:
+    """An app instance without a stats server, the node of the routers under test; returns its port."""
+    port = free_port()
+    procs.router(
+        "--socket", f"127.0.0.1:{port}", "--wsgi-file", APP, "--master", "--disable-logging",
+        wait_for=("127.0.0.1", port),
+    )  # fmt: skip
+    return port
+
+
 def worker_pids(address: Address, count: int) -> list[int]:
     def ready() -> list[int] | None:
         try:
@@ -209,17 +219,8 @@ def test_uwsgitop_watches_an_app_instance(procs: ProcessManager) -> None:
 
 
 def test_uwsgitop_watches_a_router_master(procs: ProcessManager, unix_dir: Path) -> None:
-    backend_port, router_port = free_port(), free_port()
+    backend_port, router_port = start_backend(procs), free_port()
     stats = str(unix_dir / "stats.sock")
-    procs.router(
-        "--socket",
-        f"127.0.0.1:{backend_port}",
-        "--wsgi-file",
-        APP,
-        "--master",
-        "--disable-logging",
-        wait_for=("127.0.0.1", backend_port),
-    )
     procs.router(
         "--fastrouter",
         f"127.0.0.1:{router_port}",
@@ -350,16 +351,7 @@ def test_prometheus_metrics_of_an_instance(procs: ProcessManager) -> None:
 
 
 def test_prometheus_metrics_of_the_router_stats_server(procs: ProcessManager) -> None:
-    backend_port, router_port, stats_port = free_port(), free_port(), free_port()
-    procs.router(
-        "--socket",
-        f"127.0.0.1:{backend_port}",
-        "--wsgi-file",
-        APP,
-        "--master",
-        "--disable-logging",
-        wait_for=("127.0.0.1", backend_port),
-    )
+    backend_port, router_port, stats_port = start_backend(procs), free_port(), free_port()
     dead = f"127.0.0.1:{free_port()}"
     procs.router(
         "--fastrouter",
