@@ -315,3 +315,28 @@ def test_a_node_that_does_not_read_stops_the_router_reading_the_client(
         f" (the client had sent {sent[0] / 2**20:.1f} MiB)"
     )
     check_upload(response, body)
+
+
+def test_fastrouter_buffer_size_bounds_what_the_router_holds_for_a_client_that_does_not_read(
+    procs: ProcessManager,
+) -> None:
+    """The per-direction backlog follows --fastrouter-buffer-size: with 4 MiB the router takes (and holds) about
+    4 MiB more of a node's answer for a client that reads nothing than with the default 4 KiB."""
+
+    def node_sent(*extra: str) -> int:
+        node = SlowNode()
+        try:
+            port = free_port()
+            address = ("127.0.0.1", port)
+            procs.router("--fastrouter", f"127.0.0.1:{port}", "--fastrouter-to", node.address, *extra,
+                         wait_for=address)  # fmt: skip
+            with small_socket(address) as client:
+                client.sendall(uwsgi_packet(request_vars(path="/big")))
+                return settled(lambda: node.sent, "the node's answer to stall")
+        finally:
+            node.close()
+
+    default = node_sent()
+    large = node_sent("--fastrouter-buffer-size", str(4 << 20))
+    assert default < SIZE and large < SIZE
+    assert large - default > 3 << 20, f"4 MiB buffers took {large - default} bytes more of the answer"
