@@ -155,6 +155,31 @@ def test_a_get_is_resent_once_when_its_node_breaks_without_answering(procs: Proc
         breaker.close()
 
 
+def test_a_resent_get_goes_to_another_node_even_one_the_weights_pick_less(procs: ProcessManager) -> None:
+    """The resend prefers any other node to the one that broke, whatever the balancing says: with the breaking
+    node announced at weight 10 and the good one at 1, weighted round robin would pick the breaking node again
+    for most resends; every GET is still answered by the good one."""
+    good = two_backends(procs)[0]
+    breaker = Breaker()
+    port, sub_port = free_port(), free_port(socket.SOCK_DGRAM)
+    address = (LOOPBACK, port)
+    try:
+        router = procs.router("--fastrouter", f"{LOOPBACK}:{port}", "--fastrouter-subscription-server",
+                              f"{LOOPBACK}:{sub_port}", wait_for=address)  # fmt: skip
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as announcer:
+            for node, weight in ((breaker.address, "10"), (good, "1")):
+                pairs = {"key": "x", "address": node, "modifier1": "0", "modifier2": "0", "weight": weight}
+                announcer.sendto(uwsgi_packet(pairs, modifier1=224), (LOOPBACK, sub_port))
+        wait_until(lambda: router.log().count("new node") == 2, 10, what="both announces")
+        for _ in range(11):  # a whole weighted cycle: ten picks of the breaking node, one of the good one
+            before = breaker.connections
+            response = uwsgi_request(address, request_vars(host="x"))
+            assert response.status == 200 and b"instance=a host=x" in response.body, response.raw[:200]
+            assert breaker.connections - before <= 1, "the GET went back to the breaking node"
+    finally:
+        breaker.close()
+
+
 @contextmanager
 def clients(
     address: tuple[str, int], count: int, first_byte: bool = False, deadline_s: float = 60.0
