@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import time
 from typing import TYPE_CHECKING
 
 from uwsgirouter.protocol import (
@@ -76,7 +75,7 @@ class Session(Connector):
         self.body: BodyBuffer | None = None  # a post-buffered body, until it is all sent
         self.after_body = bytearray()  # client bytes that arrived after a post-buffered body
         self.last_active = worker.now
-        self.started = time.monotonic()  # the loop's clock may be a whole wait old: the stats' times
+        self.started = worker.now  # for the stats' request times
         self.sent = 0  # bytes sent to the client (the stats' tx)
         self.resent = False  # the request went to a second node after the first broke without answering
         self.broken = None  # that first node, tried again only when no other is left

@@ -188,7 +188,7 @@ class RouterWorker(BaseWorker):
         self.sessions.discard(session)
         if session.head is not None:  # a request, for the master's stats (uwsgitop's REQ, TX, AVG)
             self.requests_served += 1
-            self.counters.request_done(time.monotonic() - session.started, session.sent)
+            self.counters.request_done(self.now - session.started, session.sent)
         if session.node is not None:
             self.mapper.done(session.node)
         if not self.accepting:
@@ -358,11 +358,14 @@ class RouterWorker(BaseWorker):
         while not self.exit_now:
             # A cheap-mode router wakes often: it must notice the first (or last) live node soon.
             timeout = SWEEP_INTERVAL_S if self.accepting and not self.cheap_mode else ACCEPT_PAUSE_S
-            for fd, events in poll(timeout, 512):
+            ready = poll(timeout, 512)
+            # The clock is read once per wake-up, before the handlers: what they stamp (a session's start and
+            # last activity, dead marks, pauses) is the time of the wake-up, not of the wait before it.
+            self.now = now = time.monotonic()
+            for fd, events in ready:
                 handler = handlers.get(fd)
                 if handler is not None:
                     handler(events)
-            self.now = now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + BEAT_INTERVAL_S
                 self.heartbeat()
