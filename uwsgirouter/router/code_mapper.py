@@ -21,7 +21,7 @@ from uwsgirouter.errors import ConfigError
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.mappers import Mapper
 from uwsgirouter.router.nodes import Node, make_node
-from uwsgirouter.router.responses import printable
+from uwsgirouter.text import printable
 
 log = logging.getLogger("uwsgirouter.router")
 #: lines a request can cause (a mapper that raises or returns junk for some keys) are rate-limited

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from uwsgirouter.protocol import RequestHead, routing_key
 from uwsgirouter.router.mappers import UnsafeKey
 from uwsgirouter.router.nodes import Node
-from uwsgirouter.router.responses import printable
+from uwsgirouter.text import printable
 
 if TYPE_CHECKING:
     from uwsgirouter.router.postbuffer import BodyBuffer

@@ -13,13 +13,6 @@ REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
-_SAFE = frozenset(range(0x20, 0x7F)) - {0x5C}
-
-
-def printable(key: bytes, limit: int = 64) -> str:
-    """The key for a log line or a body: printable ASCII, other bytes as \\xNN, cut at ``limit``."""
-    text = "".join(chr(b) if b in _SAFE else f"\\x{b:02x}" for b in key[:limit])
-    return text + "..." if len(key) > limit else text
 
 
 def error_response(status: int, detail: str, protocol: bytes | None = None) -> bytes:

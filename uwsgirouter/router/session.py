@@ -26,7 +26,8 @@ from uwsgirouter.protocol import (
 from uwsgirouter.router.connector import BUFFERING, CLOSING, CONNECTING, DONE, HEAD, RELAY, WAITING, Connector
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.postbuffer import BodyBuffer
-from uwsgirouter.router.responses import error_response, printable
+from uwsgirouter.router.responses import error_response
+from uwsgirouter.text import printable
 
 if TYPE_CHECKING:
     from uwsgirouter.router.worker import RouterWorker

@@ -16,8 +16,8 @@ from typing import Any
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.mappers import Mapper
 from uwsgirouter.router.nodes import Node, make_node
-from uwsgirouter.router.responses import printable
 from uwsgirouter.subscription.image import TableImage
+from uwsgirouter.text import printable
 
 log = logging.getLogger("uwsgirouter.router")
 _notes = LogLimiter(log)

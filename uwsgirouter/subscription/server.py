@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 from uwsgirouter.address import AbstractAddress, Address, TcpAddress, UnixAddress
 from uwsgirouter.protocol import RemoteProtocolError, Subscription, decode_subscription, encode_subscription
 from uwsgirouter.ratelog import LogLimiter
-from uwsgirouter.router.responses import printable
 from uwsgirouter.services.base import Service
 from uwsgirouter.subscription.image import TableImage
 from uwsgirouter.subscription.table import Change, NodeTable
+from uwsgirouter.text import printable
 
 if TYPE_CHECKING:
     from uwsgirouter.subscription.signing import Credentials, SubscriptionGuard

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from uwsgirouter.protocol import Command, Subscription
-from uwsgirouter.router.responses import printable
+from uwsgirouter.text import printable
 
 log = logging.getLogger("uwsgirouter.subscription")
 
