@@ -194,7 +194,7 @@ def test_head_split_across_reads_with_body_in_the_last_one() -> None:
 def test_bytes_like_input_is_copied() -> None:
     packet = bytearray(encode_packet([(b"K", b"V")]))
     reader = RequestReader()
-    reader.receive_data(memoryview(packet))  # type: ignore[arg-type]
+    reader.receive_data(memoryview(packet))
     packet[:] = b"\xff" * len(packet)
     head = reader.next_event()
     assert isinstance(head, RequestHead)

@@ -129,8 +129,11 @@ class RequestReader:
         """True once ``next_event`` has returned the ``RequestHead``."""
         return self._head_done
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes read from the peer; ``b""`` means the peer closed its sending side (EOF).
+
+        A bytearray or memoryview is copied (the caller may reuse its buffer). The annotation says so because
+        the compiled build checks it: a ``bytes`` parameter would refuse them with a TypeError.
 
         Raises:
             LocalProtocolError: non-empty data after EOF.
