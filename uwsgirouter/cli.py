@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from uwsgirouter import __version__
+from uwsgirouter import __version__, build_kind
 from uwsgirouter.config import Config, format_help, format_show_config, load_config
 from uwsgirouter.config.checks import check_config
 from uwsgirouter.config.preflight import check_environment
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(format_help())
             return 0
         if config.version:
-            print(f"uwsgirouter {__version__}")
+            print(f"uwsgirouter {__version__} ({build_kind()})")
             return 0
         if config.get:
             _print_values(config)

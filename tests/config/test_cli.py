@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from uwsgirouter import __version__
+from uwsgirouter import __version__, build_kind
 from uwsgirouter.address import SharedSocketRef, TcpAddress, UnixAddress
 from uwsgirouter.cli import main
 from uwsgirouter.config import Config, load_config
@@ -368,12 +368,12 @@ def test_help_in_a_subprocess() -> None:
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "--version") == (0, f"uwsgirouter {__version__}\n", "")
+    assert run(capsys, "--version") == (0, f"uwsgirouter {__version__} ({build_kind()})\n", "")
 
 
 def test_version_in_a_subprocess() -> None:
     result = spawn(PYTHON_M, "--version")
-    assert (result.returncode, result.stdout, result.stderr) == (0, f"uwsgirouter {__version__}\n", "")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"uwsgirouter {__version__} ({build_kind()})\n", "")
 
 
 def test_get_prints_first_values(capsys: pytest.CaptureFixture[str]) -> None:
