@@ -2,14 +2,39 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
 
+import uwsgirouter
 from tests.ci_policy import pytest_runtest_makereport
 from tests.support import ProcessManager, short_unix_dir
 
 __all__ = ["pytest_runtest_makereport"]  # the CI policy hook, registered by being here
+
+
+def stale_compiled_modules(package: Path) -> list[str]:
+    """Sources edited (or gone) since the editable install compiled them beside themselves, which Python, preferring
+    the compiled module, would not run."""
+    stale = []
+    for compiled in sorted(package.rglob("*")):
+        suffix = next((suffix for suffix in EXTENSION_SUFFIXES if compiled.name.endswith(suffix)), None)
+        if suffix is None or compiled.name.endswith("__mypyc" + suffix):
+            continue
+        source = compiled.with_name(compiled.name[: -len(suffix)] + ".py")
+        if not source.exists() or source.stat().st_mtime > compiled.stat().st_mtime:
+            stale.append(str(source.relative_to(package.parent)))
+    return stale
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stale = [] if uwsgirouter.pure_requested() else stale_compiled_modules(Path(uwsgirouter.__path__[0]))
+    if stale:
+        raise pytest.UsageError(
+            f"{', '.join(stale)} changed after it was compiled, so the tests would run the old code: "
+            "run scripts/install to compile again (or set UWSGIROUTER_PURE=1 to test the sources)"
+        )
 
 
 @pytest.fixture
