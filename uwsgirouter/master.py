@@ -30,9 +30,7 @@ from uwsgirouter.pause import PauseSwitch
 from uwsgirouter.preload import preload
 from uwsgirouter.proc import Pidfile, drop_privileges, reset_signals, set_title
 from uwsgirouter.ratelog import LogLimiter
-from uwsgirouter.router.cache_mapper import build_cache_mapper
-from uwsgirouter.router.code_mapper import load_mapper_function
-from uwsgirouter.router.mapper_choice import choose_mapper
+from uwsgirouter.router.mappers import build_cache_mapper, choose_mapper, load_mapper_function
 from uwsgirouter.router.worker import RouterWorker
 from uwsgirouter.services import Lifecycle, Service
 from uwsgirouter.services.registry import build_services

@@ -26,7 +26,7 @@ from uwsgirouter.cache import Cache
 from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.config import load_config
 from uwsgirouter.errors import ConfigError
-from uwsgirouter.router.cache_mapper import MAX_CACHED_VALUES, CacheMapper, build_cache_mapper
+from uwsgirouter.router.mappers.cache import MAX_CACHED_VALUES, CacheMapper, build_cache_mapper
 
 
 class Clock:

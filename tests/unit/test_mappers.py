@@ -20,20 +20,28 @@ from uwsgirouter.cache import Cache
 from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.config import load_config
 from uwsgirouter.errors import ConfigError
-from uwsgirouter.router import cache_mapper, code_mapper, mappers, nodes as nodes_module
-from uwsgirouter.router.cache_mapper import CacheMapper, build_cache_mapper
-from uwsgirouter.router.code_mapper import CodeMapper, load_mapper_function
+from uwsgirouter.router import nodes as nodes_module
 from uwsgirouter.router.mappers import (
     BaseDirMapper,
+    CacheMapper,
+    CodeMapper,
     Mapper,
+    NoMapper,
     PatternMapper,
     StaticMapper,
+    SubscriptionMapper,
     UnsafeKey,
-    build_mapper,
+    build_cache_mapper,
+    cache as cache_mapper,
     check_path_key,
+    choose_mapper,
+    code as code_mapper,
+    load_mapper_function,
+    path as path_mapper,
     static_nodes,
 )
 from uwsgirouter.router.nodes import Node, make_node
+from uwsgirouter.subscription.image import TableImage
 
 # --- hostile keys ---------------------------------------------------------------------------------
 
@@ -85,7 +93,7 @@ def test_pattern_replaces_percent_s_and_percent_percent() -> None:
 
 
 def test_path_nodes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mappers, "MAX_CACHED_NODES", 3)
+    monkeypatch.setattr(path_mapper, "MAX_CACHED_NODES", 3)
     mapper = BaseDirMapper("/tmp/")
     first = mapper.pick(b"k0", (), 0)
     for i in range(1, 3):
@@ -145,6 +153,32 @@ def test_static_without_grace_time_never_skips() -> None:
     assert mapper.pick(b"", (), 100.0) is nodes[0]
 
 
+def test_static_stats_are_uwsgis_static_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes = three()
+    nodes[0].stats.hits, nodes[0].stats.failures = 7, 2
+    nodes[0].stats.bytes_from_node, nodes[0].stats.bytes_to_node = 300, 40
+    nodes[1].dead_until = 130.75  # in its grace time: shown as the wall-clock second it ends
+    nodes[2].dead_until = 100.0  # its grace time ends now: no longer marked
+    monkeypatch.setattr(time, "monotonic", lambda: 100.0)  # the clocks uwsgirouter.router.mappers.static reads
+    monkeypatch.setattr(time, "time", lambda: 5000.5)
+    doc = StaticMapper(nodes, 30).stats()
+    assert list(doc) == ["static_nodes"]
+    assert [list(entry) for entry in doc["static_nodes"]] == [
+        ["name", "hits", "grace", "failcnt", "tx", "rx", "death_mark"]
+    ] * 3
+    assert doc["static_nodes"] == [
+        {"name": "127.0.0.1:3031", "hits": 7, "grace": 0, "failcnt": 2, "tx": 300, "rx": 40, "death_mark": 0},
+        {"name": "127.0.0.1:3032", "hits": 0, "grace": 5031, "failcnt": 0, "tx": 0, "rx": 0, "death_mark": 1},
+        {"name": "127.0.0.1:3033", "hits": 0, "grace": 5000, "failcnt": 0, "tx": 0, "rx": 0, "death_mark": 0},
+    ]
+
+
+def test_mappers_without_stats_of_their_own_add_nothing(tmp_path: Path) -> None:
+    assert Mapper().stats() == {}
+    assert BaseDirMapper("/tmp/").stats() == {} and PatternMapper("%s").stats() == {}
+    assert CodeMapper(route).stats() == {}
+
+
 def test_static_nodes_resolve_names_once_and_say_which_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nodes_module, "_cache", {})  # resolved here, not found among earlier results
     nodes = static_nodes(["localhost:3031", "/tmp/app.sock"])
@@ -167,25 +201,89 @@ def test_base_mapper_does_nothing_on_failed_and_done() -> None:
 # --- precedence -----------------------------------------------------------------------------------
 
 
-def mapper_for(*argv: str, sockets: tuple[str, ...] = ()) -> Mapper | None:
-    return build_mapper(load_config(list(argv), {}), sockets)
+def route(key: str) -> str:
+    return "127.0.0.1:3031"
 
 
-def test_precedence_pattern_base_socket_to() -> None:
-    to = ("--fastrouter-to", "127.0.0.1:3031", "--fastrouter-to", "127.0.0.1:3032")
-    every = ("--fastrouter-use-pattern", "/p/%s", "--fastrouter-use-base", "/b/", "--fastrouter-use-socket=1")
-    pattern = mapper_for(*every, *to, sockets=("/s0", "/s1"))
+#: every routing option, in uWSGI's precedence order; each case drops the ones before it
+EVERY = (
+    ("--fastrouter-use-cache",),
+    ("--fastrouter-use-pattern", "/p/%s"),
+    ("subscription",),  # a subscription server: the master's image is passed in
+    ("--fastrouter-use-base", "/b/"),
+    ("code",),  # --fastrouter-use-code-string: the master's loaded function is passed in
+    ("--fastrouter-use-socket=1",),
+    ("--fastrouter-to", "127.0.0.1:3031", "--fastrouter-to", "127.0.0.1:3032", "--fastrouter-gracetime", "7"),
+)
+
+
+def choose(*options: tuple[str, ...], sockets: tuple[str, ...] = ("/s0", "/s1")) -> Mapper:
+    argv = [arg for option in options if option[0].startswith("--") for arg in option]
+    caches = CacheSet.from_config(load_config(["--cache2", "name=routes,items=4"], {}))
+    image = TableImage(1024) if ("subscription",) in options else None
+    code = route if ("code",) in options else None
+    try:
+        return choose_mapper(load_config(argv, {}), caches, image, None, code, sockets)
+    finally:
+        caches.close()
+
+
+EXPECTED = (CacheMapper, PatternMapper, SubscriptionMapper, BaseDirMapper, CodeMapper, StaticMapper, StaticMapper)
+
+
+@pytest.mark.parametrize("first", range(len(EVERY)))
+def test_precedence_is_uwsgis_whole_order(first: int) -> None:
+    """use-cache > use-pattern > subscription server > use-base > use-code-string > use-socket > to (uWSGI's
+    corerouter order): an option wins alone, over every option after it, and over each one after it in a pair."""
+    expected = EXPECTED[first]
+    assert type(choose(EVERY[first])) is expected
+    assert type(choose(*EVERY[first:])) is expected
+    for later in EVERY[first + 1 :]:
+        assert type(choose(EVERY[first], later)) is expected, later
+        assert type(choose(later, EVERY[first])) is expected, later
+
+
+def test_each_mapper_gets_its_settings() -> None:
+    cache = choose(EVERY[0])
+    assert isinstance(cache, CacheMapper) and cache.cache.name == "routes"
+    pattern = choose(*EVERY[1:])
     assert isinstance(pattern, PatternMapper) and pattern.pattern == "/p/%s"
-    base = mapper_for(*every[2:], *to, sockets=("/s0", "/s1"))
+    base = choose(*EVERY[3:])
     assert isinstance(base, BaseDirMapper) and base.base == "/b/"
-    static = mapper_for(*every[4:], *to, sockets=("/s0", "/s1"))
+    code = choose(*EVERY[4:])
+    assert isinstance(code, CodeMapper) and code.function is route
+    static = choose(*EVERY[5:])
     assert isinstance(static, StaticMapper)
     assert [node.name for node in static.nodes] == ["/s1"] and static.gracetime == 0
-    # --fastrouter-use-socket without sockets falls through to --fastrouter-to
-    static = mapper_for(*every[4:], *to, "--fastrouter-gracetime", "7")
+    # --fastrouter-use-socket without sockets of the instance's own falls through to --fastrouter-to
+    static = choose(*EVERY[5:], sockets=())
     assert isinstance(static, StaticMapper)
     assert [node.name for node in static.nodes] == ["127.0.0.1:3031", "127.0.0.1:3032"] and static.gracetime == 7
-    assert mapper_for() is None
+
+
+def test_subscription_mapper_gets_the_image_report_socket_and_options() -> None:
+    image = TableImage(1024)
+    argv = ["--subscription-algo", "lrc", "--subscription-dotsplit", "--fastrouter-subscription-fallback-key", "fb"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as report:
+        mapper = choose_mapper(load_config(argv, {}), CacheSet(), image, report, None, ())
+        assert isinstance(mapper, SubscriptionMapper)
+        assert (mapper.image, mapper.report) == (image, report)
+        assert (mapper.algo, mapper.dotsplit, mapper.fallback_key) == ("lrc", True, b"fb")
+    plain = choose_mapper(load_config([], {}), CacheSet(), image, None, None, ())
+    assert isinstance(plain, SubscriptionMapper)
+    assert (plain.algo, plain.dotsplit, plain.fallback_key) == ("wrr", False, None)
+
+
+def test_use_cache_without_a_cache_stops_the_start() -> None:
+    with pytest.raises(ConfigError, match="needs a cache"):
+        choose_mapper(load_config(["--fastrouter-use-cache"], {}), CacheSet(), None, None, None, ())
+
+
+def test_nothing_to_route_with_is_the_no_mapper() -> None:
+    mapper = choose()
+    assert type(mapper) is NoMapper
+    assert mapper.pick(b"example.com", (), 0) is None  # every request: a 502
+    assert mapper.live_nodes() is None and mapper.stats() == {}
 
 
 # --- code string ----------------------------------------------------------------------------------
@@ -255,7 +353,7 @@ def test_code_mapper_logs_a_raising_or_slow_function_and_bad_results(
         return "127.0.0.1:3031" if key != "junk" else "junk:x"
 
     clock = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the clock uwsgirouter.router.code_mapper reads
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the clock uwsgirouter.router.mappers.code reads
     monkeypatch.setattr(code_mapper, "SLOW_CALL_S", 0.25)  # exact in binary, as the clock's steps
     mapper = CodeMapper(route)
     with caplog.at_level(logging.INFO, "uwsgirouter.router"):

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from uwsgirouter.protocol import Command, Subscription
+from uwsgirouter.router.mappers import SubscriptionMapper
 from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.subscription.image import TableImage
-from uwsgirouter.subscription.mapper import SubscriptionMapper
 from uwsgirouter.subscription.table import NodeTable
 
 KEY = b"example.com"
@@ -138,6 +138,57 @@ def test_the_stats_details_and_dead_marks_come_from_the_table() -> None:
     details = [pool.details[node] for node in pool.nodes]
     assert [d[:2] for d in details] == [[4, 2], [4, 2]] and [d[3] for d in details] == [1, 0]
     assert published.mapper.live_nodes() == 1
+
+
+def test_stats_are_uwsgis_subscriptions_with_the_masters_counters() -> None:
+    table = NodeTable()
+    table.apply(sub(address=b"127.0.0.1:1", modifier1=5, modifier2=2, cores=4, load=2, weight=3), 0, 1234.9)
+    table.apply(sub(address=b"127.0.0.1:2", weight=1), 0, 1000)
+    table.apply(sub(key=b"\xff.example", address=b"127.0.0.1:3"), 0, 1000)
+    table.keys[KEY][0].failcnt = 7  # the master's count (every router's reports)
+    published = Image(table, counters={"rejected": 3, "displaced": 2, "announces": 9})
+    mapper = published.mapper
+    one = pick(mapper)
+    assert pick(mapper) is one  # smooth wrr, weights 3 and 1: one, one
+    mapper.done(one)  # one of its two sessions is over
+    two = next(node for node in mapper.all_pools()[KEY].nodes if node is not one)
+    two.stats.failures = 5  # this router's own count is larger than the master's
+    mapper.failed(two, 0)
+    one.stats.hits, one.stats.bytes_from_node, one.stats.bytes_to_node = 9, 100, 50
+    doc = mapper.stats()
+    assert list(doc) == ["subscriptions", "subscription_packets_rejected", "subscription_keys_displaced"]
+    assert doc["subscription_packets_rejected"] == 3 and doc["subscription_keys_displaced"] == 2
+    first, second = doc["subscriptions"]
+    assert list(first) == ["key", "hash", "hits", "sni_enabled", "nodes"]
+    assert {k: v for k, v in first.items() if k != "nodes"} == {
+        "key": "example.com",
+        "hash": 30778,
+        "hits": 2,
+        "sni_enabled": 0,
+    }
+    fields = ["name", "modifier1", "modifier2", "last_check", "pid", "uid", "gid", "requests", "last_requests"]
+    fields += ["tx", "rx", "cores", "load", "weight", "wrr", "ref", "failcnt", "death_mark"]
+    assert [list(node) for node in first["nodes"]] == [fields, fields]
+    assert [list(node.values()) for node in first["nodes"]] == [
+        ["127.0.0.1:1", 5, 2, 1234, 0, 0, 0, 9, 0, 100, 50, 4, 2, 3, -2, 1, 7, 0],
+        ["127.0.0.1:2", 0, 0, 1000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 5, 1],
+    ]
+    # a key that is not UTF-8 is shown with replacement characters; a pool never picked has no balancing state
+    assert (second["key"], second["hash"], second["hits"]) == ("\ufffd.example", 34161, 0)
+    assert [(node["wrr"], node["ref"], node["failcnt"], node["death_mark"]) for node in second["nodes"]] == [
+        (0, 0, 0, 0)
+    ]
+
+
+def test_stats_read_the_newest_image_and_count_nothing_without_counters() -> None:
+    published = Image(table_of(b"127.0.0.1:1"))
+    doc = published.mapper.stats()
+    assert [entry["key"] for entry in doc["subscriptions"]] == ["example.com"]
+    assert (doc["subscription_packets_rejected"], doc["subscription_keys_displaced"]) == (0, 0)
+    published.publish(table_of(b"127.0.0.1:1", key=b"other.example"), counters={"rejected": 1})
+    doc = published.mapper.stats()  # no request came in between: the stats themselves adopt the new image
+    assert [entry["key"] for entry in doc["subscriptions"]] == ["other.example"]
+    assert doc["subscription_packets_rejected"] == 1
 
 
 def test_live_nodes_counts_nodes_not_marked_dead_once_each() -> None:

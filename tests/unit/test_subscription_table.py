@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from uwsgirouter.protocol import Command, Subscription
+from uwsgirouter.router.mappers import SubscriptionMapper
 from uwsgirouter.subscription.image import TableImage
-from uwsgirouter.subscription.mapper import SubscriptionMapper
 from uwsgirouter.subscription.table import Change, NodeTable
 
 

@@ -22,7 +22,7 @@ from uwsgirouter.cache import Cache
 from uwsgirouter.cache_config import CacheSet
 from uwsgirouter.errors import ConfigError
 from uwsgirouter.ratelog import LogLimiter
-from uwsgirouter.router.mappers import Mapper
+from uwsgirouter.router.mappers.base import Mapper
 from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.text import printable
 

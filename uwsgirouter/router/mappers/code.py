@@ -19,7 +19,7 @@ from typing import Any
 
 from uwsgirouter.errors import ConfigError
 from uwsgirouter.ratelog import LogLimiter
-from uwsgirouter.router.mappers import Mapper
+from uwsgirouter.router.mappers.base import Mapper
 from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.text import printable
 

@@ -1,4 +1,4 @@
-"""Routing by the subscription table, inside a router worker.
+"""``--fastrouter-subscription-server``: routing by the subscription table, inside a router worker.
 
 The worker reads the master's published image whenever its sequence changed, and keeps its own ``Node``
 objects across images (matched by key and address) so that balancing state and counters survive
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from uwsgirouter.ratelog import LogLimiter
-from uwsgirouter.router.mappers import Mapper
+from uwsgirouter.router.mappers.base import Mapper
 from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.subscription.image import TableImage
 from uwsgirouter.text import printable
@@ -24,6 +24,14 @@ _notes = LogLimiter(log)
 
 #: uWSGI's dotsplit stops after this many lookups (a.b.example.com -> .b.example.com -> ...).
 DOTSPLIT_LOOKUPS = 5
+
+
+def djb33x_bucket(key: bytes) -> int:
+    """uWSGI's hash bucket of a subscription key (``djb33x % 65535``), shown as "hash" in the stats."""
+    value = 5381
+    for byte in key:
+        value = ((value * 33) ^ byte) & 0xFFFFFFFF
+    return value % 65535
 
 
 class Pool:
@@ -144,6 +152,51 @@ class SubscriptionMapper(Mapper):
             if pool is not None:
                 pools[key] = pool
         return pools
+
+    def stats(self) -> dict[str, Any]:
+        """uWSGI's ``subscriptions`` (per key its pool, per node its announce and counters) and the master's
+        counters of refused packets and displaced keys."""
+        subscriptions = []
+        for key, pool in self.all_pools().items():
+            nodes = []
+            for node in pool.nodes:
+                cores, load, last_check, failcnt = (pool.details.get(node) or [0, 0, 0, 0])[:4]
+                nodes.append(
+                    {
+                        "name": node.name,
+                        "modifier1": node.modifier1,
+                        "modifier2": node.modifier2,
+                        "last_check": last_check,
+                        "pid": 0,
+                        "uid": 0,
+                        "gid": 0,
+                        "requests": node.stats.hits,
+                        "last_requests": 0,
+                        "tx": node.stats.bytes_from_node,
+                        "rx": node.stats.bytes_to_node,
+                        "cores": cores,
+                        "load": load,
+                        "weight": pool.weights.get(node, 1),
+                        "wrr": self.current.get(node, 0),
+                        "ref": self.references.get(node, 0),
+                        "failcnt": max(failcnt, node.stats.failures),
+                        "death_mark": 1 if node in pool.dead else 0,
+                    }
+                )
+            subscriptions.append(
+                {
+                    "key": key.decode("utf-8", "replace"),
+                    "hash": djb33x_bucket(key),
+                    "hits": pool.hits,
+                    "sni_enabled": 0,
+                    "nodes": nodes,
+                }
+            )
+        return {
+            "subscriptions": subscriptions,
+            "subscription_packets_rejected": self.counters.get("rejected", 0),
+            "subscription_keys_displaced": self.counters.get("displaced", 0),
+        }
 
     def live_nodes(self) -> int:
         """Nodes not marked dead, across all keys (cheap mode watches it)."""
