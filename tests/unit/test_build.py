@@ -90,3 +90,5 @@ def test_the_source_only_finder_finds_the_package_s_sources_only() -> None:
     assert finder.find_spec("uwsgirouter._compiled__mypyc", uwsgirouter.__path__) is None  # no source: not ours
     assert finder.find_spec("uwsgirouter", None) is None  # the package itself is found as usual
     assert finder.find_spec("json.decoder", [str(Path(json.__file__).parent)]) is None
+    finder.invalidate_caches()  # importlib.invalidate_caches(): a module added since is found
+    assert finder.find_spec("uwsgirouter.protocol.packet", uwsgirouter.protocol.__path__) == spec
