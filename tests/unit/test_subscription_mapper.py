@@ -231,6 +231,34 @@ def test_hits_and_the_in_use_report_are_per_key_and_retried_until_sent() -> None
     assert mapper.all_pools()[KEY].hits == 3
 
 
+def test_a_failure_is_marked_in_the_pool_that_holds_the_node_and_a_lost_report_is_no_error() -> None:
+    table = table_of(b"127.0.0.1:1")
+    table.apply(sub(key=b"other.example", address=b"127.0.0.1:2"), 0, 0)
+    table.apply(sub(key=b"other.example", address=b"127.0.0.1:3"), 0, 0)
+    reports = Reports()
+    mapper = Image(table, report=reports).mapper
+    pick(mapper)  # example.com's pool is built first: the failed node is not in it
+    node = pick(mapper, b"other.example")
+    reports.failures = 1
+    mapper.failed(node, 0)  # the report is lost (the master expires the node on its own)
+    assert node in mapper.all_pools()[b"other.example"].dead and mapper.live_nodes() == 2
+    mapper.failed(node, 0)
+    assert reports.sent == [b"\0" + KEY, b"\0other.example", b"other.example\0" + node.name.encode()]
+    assert mapper.live_nodes() == 2
+
+
+def test_a_failure_of_a_node_no_pool_holds_marks_nothing() -> None:
+    reports = Reports()
+    published = Image(table_of(b"127.0.0.1:1", b"127.0.0.1:2"), report=reports)
+    mapper = published.mapper
+    gone = pick(mapper)
+    published.publish(table_of(b"127.0.0.1:2"))  # the node leaves the table while its session connects
+    pick(mapper)
+    mapper.failed(gone, 0)
+    assert reports.sent == [b"\0" + KEY]  # nothing to report: the node is no longer announced
+    assert mapper.live_nodes() == 1 and not mapper.all_pools()[KEY].dead
+
+
 def test_references_and_requests_per_node() -> None:
     mapper = Image(table_of(b"127.0.0.1:1")).mapper
     node = pick(mapper)

@@ -101,11 +101,13 @@ class SubscriptionMapper(Mapper):
     def _pool(self, key: bytes) -> Pool | None:
         """The pool of ``key`` in the current image, built on first use."""
         pool = self.pools.get(key)
-        if pool is not None:
-            return pool
-        entries = self.entries.get(key)
-        if entries is None:
-            return None
+        if pool is None and key in self.entries:
+            pool = self._adopt(key)
+        return pool
+
+    def _adopt(self, key: bytes) -> Pool:
+        """The pool of ``key``, one of the current image's: the previous one if its entries did not change."""
+        entries = self.entries[key]
         previous = self.stale.pop(key, None)
         if previous is not None and previous.entries == entries:
             pool = previous
@@ -146,12 +148,7 @@ class SubscriptionMapper(Mapper):
     def all_pools(self) -> dict[bytes, Pool]:
         """Every key's pool, in table order (for the stats document)."""
         self.refresh()
-        pools = {}
-        for key in self.entries:
-            pool = self._pool(key)
-            if pool is not None:
-                pools[key] = pool
-        return pools
+        return {key: self.pools.get(key) or self._adopt(key) for key in self.entries}
 
     def stats(self) -> dict[str, Any]:
         """uWSGI's ``subscriptions`` (per key its pool, per node its announce and counters) and the master's
