@@ -1,26 +1,34 @@
 """Helpers for tests that run real processes: ports, polling, process groups, a raw uwsgi client.
 
 Every process is started in its own session and its whole group is killed at teardown; nothing is
-left running. Output goes to files in the test's tmp_path (never an undrained pipe).
+left running. Output goes to files in the test's tmp_path (never an undrained pipe). The process
+harness itself (``Proc``, ``ProcessManager``'s base, ``wait_until``, ``free_port``, ``connect``,
+``can_connect``) lives in tools/harness.py, shared with the benchmark, and is re-exported here.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
+
+from tools import harness
+from tools.harness import (  # re-exported: the tests import them from here
+    Address as Address,
+    Proc as Proc,
+    can_connect as can_connect,
+    connect as connect,
+    free_port as free_port,
+    wait_until as wait_until,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -29,47 +37,6 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin
 WRK = shutil.which("wrk")
 APPS = REPO / "tests" / "apps"
 ROUTER = [sys.executable, "-m", "uwsgirouter"]
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
-Address = tuple[str, int] | str | bytes
-
-
-def connect(address: Address, timeout: float = 10.0) -> socket.socket:
-    family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def can_connect(address: Address) -> bool:
-    try:
-        connect(address, 1.0).close()
-    except OSError:
-        return False
-    return True
 
 
 def encode_vars(pairs: Mapping[str, str] | Sequence[tuple[str, str]]) -> bytes:
@@ -156,83 +123,8 @@ def uwsgi_request(
         return Response.parse(read_all(sock))
 
 
-class Proc:
-    """A process in its own session; ``stop`` kills the whole group and waits for it."""
-
-    def __init__(
-        self, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
-    ) -> None:
-        self.argv = list(argv)
-        self.log_path = log_path
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            self.argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        self.pid = self.popen.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def children(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            os.kill(self.pid, signum)
-
-    def wait(self, timeout: float = 10.0) -> int:
-        return self.popen.wait(timeout)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """TERM the group, then KILL it; reap; close the log."""
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.pid, signum)
-            except (ProcessLookupError, PermissionError):
-                break
-            try:
-                self.popen.wait(timeout if signum == signal.SIGTERM else 5.0)
-                # the leader is gone; make sure no member of its group lingers
-                os.killpg(self.pid, signal.SIGKILL)
-            except subprocess.TimeoutExpired:
-                continue
-            except (ProcessLookupError, PermissionError):
-                pass
-            break
-        if self.popen.poll() is None:
-            self.popen.wait(5.0)
-        self._log.close()
-
-
-class ProcessManager:
-    """Starts processes for one test and stops all of them at teardown."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.procs: list[Proc] = []
-        self._count = 0
-
-    def start(
-        self, argv: Sequence[str], name: str = "proc", env: Mapping[str, str] | None = None, cwd: Path | None = None
-    ) -> Proc:
-        self._count += 1
-        proc = Proc(argv, self.tmp_path / f"{self._count:02d}-{name}.log", env, cwd or self.tmp_path)
-        self.procs.append(proc)
-        return proc
+class ProcessManager(harness.ProcessManager):
+    """Starts processes for one test and stops all of them at teardown; knows how to start this project's cast."""
 
     def router(self, *args: str, wait_for: Address | None = None, env: Mapping[str, str] | None = None) -> Proc:
         """Start ``uwsgirouter ARGS``; wait until ``wait_for`` accepts connections."""
@@ -275,12 +167,6 @@ class ProcessManager:
         wait_until(lambda: can_connect(("127.0.0.1", port)) or not proc.alive(), 15, what="nginx")
         assert proc.alive(), (conf_dir / "error.log").read_text() if (conf_dir / "error.log").exists() else proc.log()
         return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-        leftovers = [p for proc in self.procs for p in proc.children() if p.is_running()]
-        assert not leftovers, f"processes survived teardown: {leftovers}"
 
 
 NGINX_CONF = """

@@ -1,0 +1,1 @@
+"""Developer tools of the repository (benchmark, soak, probes, mutation, fuzzing); not part of the package."""
