@@ -1,6 +1,6 @@
 """Under CI, a test skipped for want of a tool that CI installs is a failure, not a skip.
 
-``scripts/install`` (run by ``.ci/run``) installs real uWSGI, nginx, wrk, uwsgitop and prometheus_client, so a
+``scripts/install`` (run by ``.ci/run``) installs real uWSGI, nginx, wrk, strace, uwsgitop and prometheus_client, so a
 skip naming one of them means the set-up is broken, and a green run would hide the tests that did not run.
 Skips for other reasons (not root, no network namespaces here, the seed document absent) stay skips.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 #: Tools ``scripts/install`` provides; a skip reason naming one of them fails under CI.
-REQUIRED_IN_CI = re.compile(r"\b(nginx|wrk|uWSGI|uwsgitop|prometheus_client|logrotate)\b(?!-)")
+REQUIRED_IN_CI = re.compile(r"\b(nginx|wrk|strace|uWSGI|uwsgitop|prometheus_client|logrotate)\b(?!-)")
 
 
 def _reason(report: pytest.TestReport) -> str:
