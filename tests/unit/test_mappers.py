@@ -274,6 +274,16 @@ def test_subscription_mapper_gets_the_image_report_socket_and_options() -> None:
     assert (plain.algo, plain.dotsplit, plain.fallback_key) == ("wrr", False, None)
 
 
+def test_use_cache_takes_the_named_cache() -> None:
+    config = load_config(["--cache2", "name=a,items=4", "--cache2", "name=b,items=4", "--fastrouter-use-cache=b"], {})
+    caches = CacheSet.from_config(config)
+    try:
+        mapper = choose_mapper(config, caches, None, None, None, ())
+        assert isinstance(mapper, CacheMapper) and mapper.cache is caches.get_cache("b")
+    finally:
+        caches.close()
+
+
 def test_use_cache_without_a_cache_stops_the_start() -> None:
     with pytest.raises(ConfigError, match="needs a cache"):
         choose_mapper(load_config(["--fastrouter-use-cache"], {}), CacheSet(), None, None, None, ())

@@ -157,7 +157,7 @@ class SubscriptionMapper(Mapper):
         for key, pool in self.all_pools().items():
             nodes = []
             for node in pool.nodes:
-                cores, load, last_check, failcnt = (pool.details.get(node) or [0, 0, 0, 0])[:4]
+                cores, load, last_check, failcnt = pool.details[node]  # every node of a pool has them
                 nodes.append(
                     {
                         "name": node.name,
@@ -173,7 +173,7 @@ class SubscriptionMapper(Mapper):
                         "rx": node.stats.bytes_to_node,
                         "cores": cores,
                         "load": load,
-                        "weight": pool.weights.get(node, 1),
+                        "weight": pool.weights[node],
                         "wrr": self.current.get(node, 0),
                         "ref": self.references.get(node, 0),
                         "failcnt": max(failcnt, node.stats.failures),
