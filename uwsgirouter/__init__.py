@@ -69,7 +69,10 @@ def compiled_modules() -> list[str]:
             relative = os.path.relpath(os.path.join(directory, name[: -len(suffix)]), root)
             parts = relative.split(os.sep)
             module = ".".join([__name__, *(parts[:-1] if parts[-1] == "__init__" else parts)])
-            spec = importlib.util.find_spec(module)
+            try:
+                spec = importlib.util.find_spec(module)
+            except ImportError:  # its package does not import: it runs neither way, and --version must still answer
+                continue
             if spec is not None and spec.origin is not None and spec.origin.endswith(suffix):
                 found.append(module)
     return found
