@@ -131,6 +131,8 @@ class Arbiter:
     #: uWSGI's cheap mode: no app worker runs until a connection arrives on an app socket (``--cheap``, the
     #: master fifo's ``C``); the master watches the app sockets meanwhile and calls ``leave_cheap``
     cheap: bool = False
+    #: told of every reaped child that is not a worker (the Emperor's vassals): pid, wait status
+    on_other_exit: Callable[[int, int], None] | None = None
 
     @property
     def expected_apps(self) -> int:
@@ -283,6 +285,8 @@ class Arbiter:
                 if beat is not None and beat.pid == pid:  # its last counters stay with its worker id
                     self.records[worker.spec.kind, worker.spec.number].add_exited(beat)
                 self._worker_exited(worker, status)
+            elif self.on_other_exit is not None:
+                self.on_other_exit(pid, status)
 
     def _worker_exited(self, worker: Worker, status: int) -> None:
         spec = worker.spec

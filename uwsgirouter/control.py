@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from uwsgirouter.arbiter import APP
@@ -48,6 +49,8 @@ class ControlRequests:
         self.workers_reloads: list[bool] = []
         self.cheap_requested: bool | None = None
         self.pause_requests: list[bool | None] = []
+        #: what a rescan of the Emperor calls (the Emperor service adds its own; empty without --emperor)
+        self.rescan_hooks: list[Callable[[], None]] = []
 
     # -- MasterControl ----------------------------------------------------------------------------
 
@@ -93,6 +96,12 @@ class ControlRequests:
 
     def request_pause(self, paused: bool | None) -> None:
         self.pause_requests.append(paused)
+
+    def request_emperor_rescan(self) -> None:
+        if not self.rescan_hooks:
+            log.info("no Emperor to rescan (no --emperor)")
+        for rescan in self.rescan_hooks:
+            rescan()  # records only: the scan runs in the Emperor's next tick
 
     # -- acting, from the loop --------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ class Master(ControlRequests):
     def _setup(self, config: Config) -> None:
         routers = config.fastrouter_processes if self.sockets.router else 0
         apps = config.processes if self.sockets.app else 0
-        if not routers and not apps:
+        if not routers and not apps and not config.emperor:
             raise HaltServer("nothing to run: give --fastrouter ADDR and/or --socket ADDR with an app", 1)
         self.heartbeats = HeartbeatTable(2 * (routers + apps))
         self.arbiter = Arbiter(
@@ -232,6 +232,7 @@ class Master(ControlRequests):
         _title(self.config, "master", self.config.procname_master or self.config.procname)
         own: list[Service] = [service for service in (self.server, self.subscriber) if service is not None]
         self.services = own + build_services(self)
+        self.arbiter.on_other_exit = self._other_child_exited
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for master_signal in MASTER_SIGNALS:
             signal.signal(master_signal, self._on_signal)
@@ -241,7 +242,7 @@ class Master(ControlRequests):
             if arbiter.cheap:
                 log.info("cheap mode enabled: waiting for a connection on the app sockets to spawn the workers")
             _run_master_hooks(self.config.hook_master_start, "master-start")
-            while not arbiter.finished:
+            while not (arbiter.finished and not self._services_busy()):
                 busy = arbiter.reloading or arbiter.respawns or arbiter.stopping or self.deferred_stop
                 self._wait(0.1 if busy or self.lifecycle is None else 1.0)
                 signals, self.pending = self.pending, []
@@ -266,6 +267,20 @@ class Master(ControlRequests):
             for service in self.services:
                 self._guarded(service.name, service.close)
             self.sockets.close()
+
+    def _services_busy(self) -> bool:
+        """A service still has children on their way out (the Emperor's vassals): the master waits for them."""
+        return any(service.busy() for service in self.services)
+
+    def _other_child_exited(self, pid: int, status: int) -> None:
+        """A reaped child that is not a worker: the service that started it hears of it."""
+        for service in self.services:
+            try:
+                if service.child_exited(pid, status):
+                    return
+            except Exception:
+                log.exception("unexpected error in %s; the master goes on", service.name)
+                return
 
     def _handle_signal(self, signum: int) -> None:
         """Subscriptions first: a node that stops tells its routers before its workers stop accepting."""

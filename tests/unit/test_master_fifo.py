@@ -46,6 +46,9 @@ class Recorder:
     def request_stats_log(self) -> None:
         self.calls.append(("stats_log", None))
 
+    def request_emperor_rescan(self) -> None:
+        self.calls.append(("emperor_rescan", None))
+
     def request_cheap(self, cheap: bool) -> None:
         self.calls.append(("cheap", cheap))
 
@@ -104,17 +107,24 @@ def test_a_burst_runs_in_order_and_whitespace_is_skipped(fifo: tuple[MasterFifo,
     assert recorder.calls == [("log_reopen", None), ("reload", False)]
 
 
+def test_e_asks_the_emperor_to_rescan(fifo: tuple[MasterFifo, Recorder]) -> None:
+    service, recorder = fifo
+    write(Path(service.active), "E")
+    service.on_readable(service.fd, 0.0)
+    assert recorder.calls == [("emperor_rescan", None)]
+
+
 def test_unsupported_and_unknown_commands_are_logged_not_acted_on(
     fifo: tuple[MasterFifo, Recorder], caplog: pytest.LogCaptureFixture
 ) -> None:
     service, recorder = fifo
     with caplog.at_level(logging.INFO, logger="uwsgirouter.master"):
-        write(Path(service.active), "fEBzzzz")
+        write(Path(service.active), "fBzzzz")
         service.on_readable(service.fd, 0.0)
     assert recorder.calls == []
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("is not supported" in m for m in messages) == 3
-    assert "uwsgirouter has no Emperor" in "\n".join(messages)
+    assert sum("is not supported" in m for m in messages) == 2
+    assert "uwsgirouter's Emperor has no Broodlord mode" in "\n".join(messages)
     assert sum("unknown command 'z'" in m for m in messages) == 1  # rate-limited: one line a second
     due = service.next_due()
     assert due is not None

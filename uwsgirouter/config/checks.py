@@ -22,6 +22,13 @@ def check_config(config: Config) -> None:
             f"--fastrouter-use-socket={config.fastrouter_use_socket}: this instance has "
             f"{len(config.socket)} --socket address(es)"
         )
+    for spec in config.emperor:
+        scheme, sep, _ = spec.partition("://")
+        if sep and scheme not in ("dir", "glob"):
+            raise ConfigError(
+                f"--emperor {spec}: uwsgirouter's Emperor watches directories and globs of INI files, not "
+                f"uWSGI's {scheme}:// monitors"
+            )
     if config.fastrouter_use_cache is not None and not (config.cache or config.cache2):
         raise ConfigError("--fastrouter-use-cache needs a cache: add --cache N or --cache2 name=...,items=N")
     if config.fastrouter_use_cache:

@@ -149,11 +149,12 @@ class _Expander:
 
     def take(self, entry: Entry, depth: int) -> None:
         """One option that passed the configuration logic: kept, and expanded when it loads or sets others."""
-        if entry.key == "include":
-            # uWSGI's immediate include: INI files only here, read in place like ``ini``.
+        if entry.key in ("include", "inherit"):
+            # uWSGI's include (immediate) and inherit (a template, as the Emperor's --vassals-inherit passes):
+            # INI files only here, both read in place like ``ini``.
             if not (entry.value or "").endswith(".ini"):
                 raise ConfigError(
-                    f"include = {entry.value} ({entry.origin}): uwsgirouter includes INI files only (FILE.ini)"
+                    f"{entry.key} = {entry.value} ({entry.origin}): uwsgirouter includes INI files only (FILE.ini)"
                 )
             self.load_file(entry.value or "", depth)
             return

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from uwsgirouter.config.compat_options import CompatOptions
+from uwsgirouter.config.emperor_options import EmperorOptions
 from uwsgirouter.config.hook_options import HookOptions
 from uwsgirouter.config.instance_options import AppOptions, SocketOptions
 from uwsgirouter.config.log_options import LogOptions
@@ -37,6 +38,7 @@ class Config(
     LogOptions,
     ConfigOptions,
     HookOptions,
+    EmperorOptions,
     CompatOptions,
 ):
     """Every setting as a typed attribute; ``entries`` keeps what was given, in order (for --show-config)."""

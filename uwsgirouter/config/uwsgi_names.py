@@ -21,7 +21,6 @@ _SANDBOX = "the processes would run with more access than configured"
 
 #: uWSGI options that are refused when given; every alias of an option counts.
 REFUSED: dict[str, str] = {
-    "emperor": "it runs the Emperor, which manages vassal instances; uwsgirouter runs one router or instance",
     **dict.fromkeys(
         (
             "http",
@@ -45,7 +44,7 @@ REFUSED: dict[str, str] = {
     ),
     "mount": "requests would reach another application than its mountpoints say",
     "worker-mount": "requests would reach another application than its mountpoints say",
-    **dict.fromkeys(("inherit", "config", "xml", "yaml"), _LOADER),
+    **dict.fromkeys(("config", "xml", "yaml"), _LOADER),
     **dict.fromkeys(("chroot", "namespace", "unshare", "unshare2"), _SANDBOX),
 }
 _ROUTING = re.compile(r"^(final-|error-|response-)?route(-.*)?$")

@@ -56,6 +56,9 @@ class MasterControl(Protocol):
         """True: retire the app workers until a connection arrives on an app socket (uWSGI's "go cheap");
         False: spawn them again (that connection came)."""
 
+    def request_emperor_rescan(self) -> None:
+        """The Emperor scans its vassal files now instead of at its next period."""
+
     def request_pause(self, paused: bool | None) -> None:
         """Pause (True) or resume (False) the app workers, None switching between the two: paused, they
         finish the request in hand and accept nothing more, and the subscriptions are withdrawn."""
@@ -90,6 +93,15 @@ class Service:
 
     def on_lifecycle(self, event: Lifecycle) -> None:
         """The instance moved to a new phase of its life."""
+
+    def child_exited(self, pid: int, status: int) -> bool:
+        """A child of the master that is not one of its workers exited (the master reaps every child): True
+        when it was this service's (the Emperor's vassals)."""
+        return False
+
+    def busy(self) -> bool:
+        """While stopping: the master does not leave before this is False (vassals still on their way out)."""
+        return False
 
     def close(self) -> None:
         """The master is leaving: release descriptors and files."""

@@ -56,11 +56,11 @@ COMMANDS: dict[str, Command] = {
     "P": Command("update the pidfiles", lambda c: c.request_update_pidfiles()),
     "p": Command("pause/resume the workers", lambda c: c.request_pause(None)),
     "C": Command("go cheap", lambda c: c.request_cheap(True)),
-    "E": Command("make the Emperor rescan its vassals", note="uwsgirouter has no Emperor"),
+    "E": Command("make the Emperor rescan its vassals", lambda c: c.request_emperor_rescan()),
     "f": Command("refork the master", note="uwsgirouter does not refork its master"),
     "+": Command("one more cheaper worker", note="uwsgirouter has no cheaper subsystem"),
     "-": Command("one less cheaper worker", note="uwsgirouter has no cheaper subsystem"),
-    "B": Command("ask the Emperor for reinforcements", note="uwsgirouter has no Emperor"),
+    "B": Command("ask the Emperor for reinforcements", note="uwsgirouter's Emperor has no Broodlord mode"),
 }
 
 

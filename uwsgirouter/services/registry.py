@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from uwsgirouter.emperor.link import build_emperor_link
+from uwsgirouter.emperor.service import build_emperor
 from uwsgirouter.services.base import Service
 from uwsgirouter.services.cheap import build_cheap_watch
 from uwsgirouter.services.fifo import build_fifo
@@ -34,4 +36,9 @@ def build_services(master: Master) -> list[Service]:
         services.append(touch)
     if cheap := build_cheap_watch(master):
         services.append(cheap)
+    if link := build_emperor_link(master.environ, master, config.heartbeat):
+        services.append(link)
+    if emperor := build_emperor(config, lambda: master.arbiter.stopping):
+        master.rescan_hooks.append(emperor.rescan)
+        services.append(emperor)
     return services

@@ -1,0 +1,136 @@
+"""The Emperor's pure parts: throttling, scanning, the vassal's command line and environment, the vassal link."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from uwsgirouter.config import load_config
+from uwsgirouter.config.checks import check_config
+from uwsgirouter.emperor import protocol
+from uwsgirouter.emperor.link import EmperorLink, build_emperor_link
+from uwsgirouter.emperor.scanner import Scanner
+from uwsgirouter.emperor.service import vassal_args
+from uwsgirouter.emperor.throttle import MAXIMUM, THROTTLING, after_death, allowed_at
+from uwsgirouter.emperor.vassal import vassal_environ
+from uwsgirouter.errors import ConfigError
+from uwsgirouter.services.base import Lifecycle
+
+
+def test_throttle_waits_grow_by_one_step_per_death_then_halve_at_the_maximum() -> None:
+    record, notes = after_death(None, 100.0, 1000, 3000)
+    assert (record.level, record.attempt, notes) == (0.001, 0, ())  # uWSGI's first level: microseconds
+    assert allowed_at(record) == pytest.approx(100.001)
+    levels = []
+    all_notes = []
+    for now in (101.0, 102.0, 103.0, 104.0, 105.0):
+        record, notes = after_death(record, now, 1000, 3000)
+        levels.append(round(record.level, 3))
+        all_notes.append(notes)
+    assert levels == [1.001, 2.001, 3.001, 1.5, 2.5]
+    assert all_notes[1] == (THROTTLING,)  # the second death after the first
+    assert all_notes[3] == (MAXIMUM,)
+    assert record.last_attempt == 105.0 and record.first_attempt == 100.0
+    assert allowed_at(None) == 0.0
+
+
+def test_scanner_tells_a_directory_from_a_glob_as_uwsgi(tmp_path: Path) -> None:
+    (tmp_path / "vassals" / "a").mkdir(parents=True)
+    (tmp_path / "vassals" / "a" / "a.ini").write_text("[uwsgi]\n")
+    (tmp_path / "vassals" / "a" / "b.xml").write_text("<uwsgi/>")
+    (tmp_path / "vassals" / "a" / "notes.txt").write_text("")
+    (tmp_path / "vassals" / "a" / "sub.ini").mkdir()
+    directory = Scanner("vassals/a", str(tmp_path))
+    assert directory.is_dir and directory.directory == str(tmp_path / "vassals" / "a")
+    found, others = directory.scan()
+    assert [(f.name, f.cwd) for f in found] == [("a.ini", str(tmp_path / "vassals" / "a"))]
+    assert others == ["b.xml"]
+    pattern = Scanner("./vassals/*/*.ini", str(tmp_path))
+    assert not pattern.is_dir
+    assert [(f.name, f.cwd) for f in pattern.scan()[0]] == [("./vassals/a/a.ini", str(tmp_path))]
+    assert pattern.exists("./vassals/a/a.ini") and not pattern.exists("./vassals/a/gone.ini")
+    assert Scanner("glob://vassals", str(tmp_path)).is_dir is False  # the scheme decides
+    assert Scanner("missing/", str(tmp_path)).scan() == ([], [])
+    with pytest.raises(ConfigError, match=r"--emperor pg://x: .* not uWSGI's pg:// monitors"):
+        Scanner("pg://x", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"--emperor zmq://x: .* not uWSGI's zmq:// monitors"):
+        check_config(load_config(["--emperor=zmq://x"], {}))  # --dry-run says it too
+
+
+def test_vassal_command_line_is_uwsgis() -> None:
+    config = load_config(
+        [
+            "--emperor=/v",
+            "--vassals-include=inc.ini",
+            "--vassals-inherit=tpl.ini",
+            "--vassals-include-before=first.ini",
+            "--vassal-set=a=b",
+            "--binary-path=/usr/bin/uwsgi",
+        ],
+        {},
+    )
+    args = vassal_args(config)
+    assert args.argv("x.ini") == [
+        "/usr/bin/uwsgi",
+        "--include",
+        "first.ini",
+        "--set",
+        "a=b",
+        "--ini",
+        "x.ini",
+        "--inherit",
+        "tpl.ini",
+        "--include",
+        "inc.ini",
+    ]
+    default = vassal_args(load_config(["--emperor=/v"], {}))
+    assert default.binary[1:] == ("-m", "uwsgirouter")
+
+
+def test_vassal_environment_renames_uwsgi_vassal_variables() -> None:
+    env = vassal_environ(
+        {"UWSGI_VASSAL_PROCESSES": "4", "UWSGI_RELOADS": "3", "NOTIFY_SOCKET": "/x", "PATH": "/bin"}, 7
+    )
+    assert env == {"UWSGI_PROCESSES": "4", "PATH": "/bin", "UWSGI_EMPEROR_FD": "7"}
+
+
+class Control:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def request_stop(self, graceful: bool) -> None:
+        self.calls.append("graceful stop" if graceful else "stop")
+
+    def request_reload(self, brutal: bool = False) -> None:
+        self.calls.append("reload")
+
+
+def test_vassal_link_speaks_the_emperor_protocol() -> None:
+    emperor, vassal = socket.socketpair()
+    control = Control()
+    link = EmperorLink(vassal, control, heartbeat=5)  # type: ignore[arg-type]
+    try:
+        link.on_lifecycle(Lifecycle.READY)
+        assert emperor.recv(16) == bytes((protocol.READY, protocol.ACCEPTING, protocol.LOYAL))
+        link.tick(0.0)
+        assert emperor.recv(16) == bytes((protocol.HEARTBEAT,)) and link.next_due() == 5.0
+        link.on_lifecycle(Lifecycle.RELOADED)
+        assert emperor.recv(16) == bytes((protocol.ACCEPTING,))
+        emperor.sendall(bytes((protocol.RELOAD, protocol.GRACEFUL_STOP, protocol.STOP)))
+        link.on_readable(vassal.fileno(), 0.0)
+        assert control.calls == ["reload", "graceful stop", "stop"]
+        emperor.close()
+        link.on_readable(vassal.fileno(), 0.0)
+        assert control.calls == ["reload", "graceful stop", "stop", "stop"]  # lost its Emperor: stops
+        assert link.filenos() == ()
+    finally:
+        emperor.close()
+        link.close()
+
+
+def test_a_wrong_emperor_fd_is_a_configuration_error() -> None:
+    assert build_emperor_link({}, Control(), 0) is None  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="UWSGI_EMPEROR_FD=x: not the descriptor of a socket"):
+        build_emperor_link({"UWSGI_EMPEROR_FD": "x"}, Control(), 0)  # type: ignore[arg-type]
