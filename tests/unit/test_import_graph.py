@@ -21,11 +21,6 @@ PACKAGE = "uwsgirouter"
 #: longer exists fails the test, so the list only shrinks; empty it as the circles go.
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
-        # the router's worker, session, connector and stats: the re-cut of issue 12 ("Peers and a state machine",
-        # a loop interface that imports nothing of the project) removes these
-        ("uwsgirouter.router.session", "uwsgirouter.router.worker"),
-        ("uwsgirouter.router.connector", "uwsgirouter.router.worker"),
-        ("uwsgirouter.router.stats", "uwsgirouter.router.worker"),
         # the master's services take the Master itself (for its config, arbiter, sockets) rather than a narrow view
         ("uwsgirouter.services.registry", "uwsgirouter.master"),
         ("uwsgirouter.services.cheap", "uwsgirouter.master"),

@@ -1,17 +1,30 @@
-"""One proxied request: read the head, pick a node, connect, relay both directions, end cleanly.
+"""One proxied request as a state machine: read the head, pick a node, connect, relay both ways, end cleanly.
 
-The session is the I/O shell around the sans-IO request reader. It never blocks: the worker's epoll
-loop calls ``on_client`` / ``on_backend`` with the ready events, and the session keeps each socket's
-event mask in step with what it can do next. Backpressure: a side is not read while the other side's
-unsent bytes are above the high-water mark, so memory per session stays bounded.
+The session owns its two peers (``peer.py``) and talks to its loop through ``loop.Loop`` only. The loop calls
+``on_client`` / ``on_backend`` with the ready events; the session keeps each peer's event mask in step with what it
+can do next. Backpressure: a side is not read while the other side holds ``high_water`` unsent bytes or more, so a
+session's memory stays bounded.
+
+States and the events that move between them (``TRANSITIONS``; any other move is a bug and raises)::
+
+    HEAD ──buffer──> BUFFERING            (post-buffering: the body is held before a node is chosen)
+    HEAD, BUFFERING, WAITING, CONNECTING, RELAY ──connecting──> CONNECTING  (a node's handshake is under way)
+    HEAD, BUFFERING, WAITING, CONNECTING, RELAY ──connected──> RELAY        (the head went out: relay both ways)
+    HEAD, BUFFERING, WAITING, CONNECTING, RELAY ──no_descriptor──> WAITING  (no descriptor left for the node)
+    HEAD, BUFFERING, WAITING, CONNECTING, RELAY ──closing──> CLOSING        (an error page or the rest of the
+                                                                            answer is flushed, then the end)
+    any but DONE ──close──> DONE
+
+CONNECTING and RELAY lead back to CONNECTING/RELAY when a node fails and the request goes to the next one.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import socket
-from typing import TYPE_CHECKING
+from typing import Final
 
 from uwsgirouter.protocol import (
     NEED_DATA,
@@ -22,78 +35,148 @@ from uwsgirouter.protocol import (
     RequestHead,
     RequestReader,
     content_length,
+    routing_key,
 )
-from uwsgirouter.router.connector import BUFFERING, CLOSING, CONNECTING, DONE, HEAD, RELAY, WAITING, Connector
+from uwsgirouter.router.loop import Loop, Settings
+from uwsgirouter.router.mappers import UnsafeKey
 from uwsgirouter.router.nodes import Node
+from uwsgirouter.router.peer import Peer
 from uwsgirouter.router.postbuffer import BodyBuffer
 from uwsgirouter.router.responses import error_response
+from uwsgirouter.router.routing import Routing
 from uwsgirouter.text import printable
-
-if TYPE_CHECKING:
-    from uwsgirouter.router.worker import RouterWorker
 
 log = logging.getLogger("uwsgirouter.router")
 
-EPOLLIN = select.EPOLLIN
-EPOLLOUT = select.EPOLLOUT
-_BROKEN = select.EPOLLERR | select.EPOLLHUP
-_READABLE = EPOLLIN | _BROKEN
-#: The client socket stays blocking at the OS level (no ioctl after accept); every call on it says
-#: MSG_DONTWAIT instead, so it never blocks the loop.
-_DONTWAIT = socket.MSG_DONTWAIT
+HEAD: Final = 0
+BUFFERING: Final = 1
+WAITING: Final = 2
+CONNECTING: Final = 3
+RELAY: Final = 4
+CLOSING: Final = 5
+DONE: Final = 6
+STATE_NAMES: Final = ("HEAD", "BUFFERING", "WAITING", "CONNECTING", "RELAY", "CLOSING", "DONE")
+
+# events
+BUFFER: Final = "buffer"
+CONNECT_STARTED: Final = "connecting"
+CONNECTED: Final = "connected"
+NO_DESCRIPTOR: Final = "no_descriptor"
+CLOSE_AFTER_FLUSH: Final = "closing"
+CLOSE: Final = "close"
+
+_ROUTING_STATES = (HEAD, BUFFERING, WAITING, CONNECTING, RELAY)
+TRANSITIONS: Final[dict[tuple[int, str], int]] = {
+    (HEAD, BUFFER): BUFFERING,
+    **{(state, CONNECT_STARTED): CONNECTING for state in _ROUTING_STATES},
+    **{(state, CONNECTED): RELAY for state in _ROUTING_STATES},
+    **{(state, NO_DESCRIPTOR): WAITING for state in _ROUTING_STATES},
+    **{(state, CLOSE_AFTER_FLUSH): CLOSING for state in _ROUTING_STATES},
+    **{(state, CLOSE): DONE for state in (*_ROUTING_STATES, CLOSING)},
+}
 
 
-#: Reads from a node per wakeup while the client keeps up (bounded, so one session cannot starve others).
-READS_PER_WAKEUP = 4
+class InvalidTransition(Exception):
+    """A session was asked to make a move its state machine does not have (a bug, never the peer's doing)."""
+
+
+EPOLLIN: Final = select.EPOLLIN
+EPOLLOUT: Final = select.EPOLLOUT
+EPOLLRDHUP: Final = select.EPOLLRDHUP
+_BROKEN: Final = select.EPOLLERR | select.EPOLLHUP
+_READABLE: Final = EPOLLIN | _BROKEN
+_SOCK_FLAGS: Final = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_EINPROGRESS: Final = errno.EINPROGRESS
 #: Bytes of a spilled (post-buffered) body read from its file per send.
-FILE_CHUNK = 1 << 16
+FILE_CHUNK: Final = 1 << 16
+#: Reads from a node per wake-up (bounded, so that one session cannot starve the others).
+READS_PER_WAKEUP: Final = 4
+#: What ``_pump`` returns besides a byte count (0 is the source's end of input).
+NOTHING: Final = -1
+SOURCE_FAILED: Final = -2
+SINK_FAILED: Final = -3
+_RESENDABLE = (b"GET", b"HEAD", b"OPTIONS")
 
 
-class Session(Connector):
-    """State of one client connection and, once chosen, its backend connection."""
+class Session:
+    """One client connection and, once a node is chosen, the connection to it."""
 
-    __slots__ = ()
+    __slots__ = (
+        "after_body",
+        "backend",
+        "body",
+        "broken",
+        "client",
+        "head",
+        "key",
+        "last_active",
+        "loop",
+        "node",
+        "reader",
+        "replied",
+        "resent",
+        "routing",
+        "settings",
+        "started",
+        "state",
+        "tried",
+        "upload",
+    )
 
-    def __init__(self, worker: RouterWorker, client: socket.socket) -> None:
-        self.worker = worker
-        self.client = client
-        self.cfd = client.fileno()
-        self.cmask = EPOLLIN
-        self.backend: socket.socket | None = None
-        self.bfd = -1
-        self.bmask = 0
-        self.reader: RequestReader | None = RequestReader()
+    def __init__(self, loop: Loop, routing: Routing, settings: Settings, sock: socket.socket) -> None:
+        self.loop = loop
+        self.routing = routing
+        self.settings = settings
+        self.client = Peer(sock, EPOLLIN)
+        self.backend: Peer | None = None
         self.state = HEAD
+        self.reader: RequestReader | None = RequestReader()
         self.head: RequestHead | None = None
         self.key = b""
         self.node: Node | None = None
         self.tried: list[Node] = []
-        self.to_backend = bytearray()
-        self.to_client = bytearray()
-        self.client_eof = False
-        self.backend_eof = False
-        self.replied = False  # bytes were sent to the client (no error page possible any more)
-        self.body: BodyBuffer | None = None  # a post-buffered body, until it is all sent
-        self.after_body = bytearray()  # client bytes that arrived after a post-buffered body
-        self.last_active = worker.now
-        self.started = worker.now  # for the stats' request times
-        self.sent = 0  # bytes sent to the client (the stats' tx)
-        self.resent = False  # the request went to a second node after the first broke without answering
-        self.broken = None  # that first node, tried again only when no other is left
+        #: client bytes for the node while there is no connection to it yet
+        self.upload = bytearray()
+        #: a post-buffered body, until it is all sent
+        self.body: BodyBuffer | None = None
+        #: client bytes that arrived after a post-buffered body
+        self.after_body = bytearray()
+        #: bytes came from the node (no error page is possible any more)
+        self.replied = False
+        #: the request went to a second node after the first broke without answering
+        self.resent = False
+        #: that first node, tried again only when no other is left
+        self.broken: Node | None = None
+        self.last_active = self.started = loop.now
 
-    # -- events ---------------------------------------------------------------------------------
+    def _enter(self, event: str) -> None:
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            raise InvalidTransition(f"{event!r} in state {STATE_NAMES[self.state]}") from None
+
+    def start(self) -> None:
+        """Watch the client and read what it sent already (with deferred accept the head is usually here)."""
+        self.loop.register(self.client.fd, self.on_client, EPOLLIN)
+        self.on_client(EPOLLIN)
+
+    # -- events -----------------------------------------------------------------------------------
 
     def on_client(self, events: int) -> None:
         if self.state != HEAD:
-            # A head must arrive whole within --fastrouter-timeout of the accept: bytes trickling in
-            # do not extend it (a client sending one byte a second would otherwise hold its place forever).
-            self.last_active = self.worker.now
+            # A head must arrive whole within --fastrouter-timeout of the accept: bytes trickling in do not
+            # extend it (a client sending one byte a second would otherwise hold its place forever).
+            self.last_active = self.loop.now
+        client = self.client
         if events & EPOLLOUT:
-            self._flush_client()
-        if self.state == DONE:
-            return
+            if not client.flush():
+                self._abort(f"client error: {client.failure}")
+                return
+            if not client.out and self.state == CLOSING:
+                self._finish()
+                return
         if events & _READABLE:
-            if not self.client_eof and self.state != CLOSING:
+            if not client.eof and self.state != CLOSING:
                 self._read_client()
             elif events & _BROKEN:
                 # Level-triggered ERR/HUP keep firing: a client that is gone for good ends the session.
@@ -103,84 +186,127 @@ class Session(Connector):
             self._update_masks()
 
     def on_backend(self, events: int) -> None:
-        self.last_active = self.worker.now
+        self.last_active = self.loop.now
         if self.state == CONNECTING:
             self._connect_finished()
         else:
             if events & EPOLLOUT:
                 self._flush_backend()
-            if events & _READABLE and self.state == RELAY and not self.backend_eof:
-                self._read_backend()
+            if events & _READABLE and self.state == RELAY:
+                self._read_backend(events)
         if self.state != DONE:
             self._update_masks()
 
-    # -- client side ----------------------------------------------------------------------------
+    # -- relaying (both directions) ---------------------------------------------------------------
+
+    def _pump(self, source: Peer, sink: Peer) -> int:
+        """Read once from ``source`` and pass it to ``sink``: bytes moved, 0 at the source's end of input, or
+        NOTHING / SOURCE_FAILED / SINK_FAILED."""
+        data = source.read(self.settings.read_size)
+        if data is None:
+            return SOURCE_FAILED if source.failure else NOTHING
+        if not data:
+            source.eof = True
+            return 0
+        if not sink.write(data):
+            return SINK_FAILED
+        return len(data)
 
     def _read_client(self) -> None:
-        try:
-            data = self.client.recv(self.worker.read_size, _DONTWAIT)
-        except BlockingIOError:
+        state = self.state
+        backend = self.backend
+        if state == RELAY and backend is not None and self.body is None:
+            moved = self._pump(self.client, backend)
+            if moved == 0:
+                if not backend.out:
+                    backend.shutdown_write()
+            elif moved == SOURCE_FAILED:
+                self._abort(f"client error: {self.client.failure}")
+            elif moved == SINK_FAILED:
+                self._backend_failed(f"send failed: {backend.failure}")
             return
-        except OSError as exc:
-            self._abort(f"client error: {exc.strerror}")
+        data = self.client.read(self.settings.read_size)
+        if data is None:
+            if self.client.failure:
+                self._abort(f"client error: {self.client.failure}")
             return
-        if self.state == HEAD:
+        if state == HEAD:
             self._feed_head(data)
-            return
-        if self.state == BUFFERING:
-            if not data:
-                self.client_eof = True
+        elif not data:
+            self.client.eof = True
+            if state == BUFFERING:
                 self._abort("the client went away during its upload")
-                return
+        elif state == BUFFERING:
             self._feed_body(data)
-            return
-        if not data:
-            self.client_eof = True
-            if self.state == RELAY and not self._backend_pending():
-                self._shutdown_backend()
-            return
-        if self.body is not None:
+        elif self.body is not None:
             self.after_body += data
-        elif self.state == RELAY and not self.to_backend:
-            self._send_backend(data)
         else:
-            self.to_backend += data
+            self.upload += data
 
-    def _backend_pending(self) -> bool:
-        return bool(self.to_backend) or self.body is not None
+    def _read_backend(self, events: int) -> None:
+        """Relay what the node sent. A short read means the socket is drained, unless the node also closed
+        (EPOLLRDHUP): then read on to its end, so that a short answer ends in one wake-up, without a read that
+        finds nothing."""
+        backend = self.backend
+        assert backend is not None
+        client = self.client
+        for _ in range(READS_PER_WAKEUP):
+            moved = self._pump(backend, client)
+            if moved > 0:
+                self.replied = True
+                if client.out or (moved < self.settings.read_size and not events & EPOLLRDHUP):
+                    return
+            elif moved == 0:
+                if not self.replied:
+                    self._backend_failed("closed the connection without answering")
+                    return
+                # The answer is complete; the node's socket is no longer needed (and would keep reporting HUP).
+                # What is queued for the client is flushed, then the session ends.
+                self._drop_backend()
+                if client.out:
+                    self._enter(CLOSE_AFTER_FLUSH)
+                else:
+                    self._finish()
+                return
+            elif moved == SOURCE_FAILED:
+                self._backend_failed(f"receive failed: {backend.failure}")
+                return
+            elif moved == SINK_FAILED:
+                self._abort(f"client error: {client.failure}")
+                return
+            else:
+                return
 
-    def _start_buffering(self, head: RequestHead) -> bool:
-        """Post-buffering: hold the body before choosing a node; True if the body is incomplete."""
-        length = content_length(head.vars)
-        if length <= 0:
-            return False
-        worker = self.worker
-        self.body = BodyBuffer(length, worker.post_buffering, worker.post_buffering_dir)
-        early, self.to_backend = bytes(self.to_backend), bytearray()
-        self._feed_body(early)
-        return self.state == BUFFERING
+    def _flush_backend(self) -> None:
+        backend = self.backend
+        assert backend is not None
+        while True:
+            if not backend.out and self.body is not None:
+                self._refill_from_body(backend)
+            if not backend.out:
+                break
+            if not backend.flush():
+                self._backend_failed(f"send failed: {backend.failure}")
+                return
+            if backend.out or self.body is None:
+                break
+        if self.client.eof and not backend.out and self.body is None:
+            backend.shutdown_write()
 
-    def _feed_body(self, data: bytes) -> None:
+    def _refill_from_body(self, backend: Peer) -> None:
+        """Next chunk of a spilled body; once it is all sent, what the client sent after it."""
         body = self.body
         assert body is not None
-        try:
-            extra = body.feed(data)
-        except OSError as exc:
-            self.worker.notes.error("key %s: cannot buffer the request body: %s", printable(self.key), exc)
-            self._reply_error(503, "the router cannot buffer the request body")
+        chunk = body.next_chunk(FILE_CHUNK)
+        if chunk:
+            backend.out += chunk
             return
-        if not body.complete:
-            self.state = BUFFERING
-            return
-        if body.spilled:
-            self.after_body += extra
-        else:
-            self.to_backend = body.memory + extra
-            body.close()
-            self.body = None
-        if self.state == BUFFERING:
-            self.state = HEAD
-            self._route()
+        body.close()
+        self.body = None
+        backend.out += self.after_body
+        self.after_body = bytearray()
+
+    # -- the head and the body --------------------------------------------------------------------
 
     def _feed_head(self, data: bytes) -> None:
         reader = self.reader
@@ -197,170 +323,239 @@ class Session(Connector):
             self.head = event
             rest = reader.next_event()
         except RemoteProtocolError as exc:
-            self.worker.notes.warning("invalid request from client: %s", exc)
+            self.routing.notes.warning("invalid request from client: %s", exc)
             self._reply_error(exc.error_status_hint, "invalid uwsgi request")
             return
         if isinstance(rest, Body):
-            self.to_backend += rest.data
+            self.upload += rest.data
             rest = reader.next_event()
         if isinstance(rest, EndOfInput):
-            self.client_eof = True
+            self.client.eof = True
         self.reader = None
-        if self.worker.post_buffering:
+        if self.settings.post_buffering:
             try:
-                if self._start_buffering(event):
-                    return
+                length = content_length(event.vars)
             except RemoteProtocolError as exc:
                 self._reply_error(exc.error_status_hint, "invalid CONTENT_LENGTH")
                 return
-            if self.state == DONE or self.state == CLOSING:
+            if length > 0:
+                self.body = BodyBuffer(length, self.settings.post_buffering, self.settings.post_buffering_dir)
+                early, self.upload = bytes(self.upload), bytearray()
+                self._enter(BUFFER)
+                self._feed_body(early)
+                if self.state == BUFFERING and self.client.eof:
+                    self._abort("the client went away during its upload")
                 return
         self._route()
 
-    def _send_client(self, data: bytes) -> None:
-        try:
-            sent = self.client.send(data, _DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._abort(f"client error: {exc.strerror}")
-            return
-        self.replied = True
-        self.sent += sent
-        if sent < len(data):
-            self.to_client += memoryview(data)[sent:]
-
-    def _flush_client(self) -> None:
-        if self.to_client:
-            try:
-                sent = self.client.send(self.to_client, _DONTWAIT)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._abort(f"client error: {exc.strerror}")
-                return
-            del self.to_client[:sent]
-            self.sent += sent
-        if not self.to_client and (self.backend_eof or self.state == CLOSING):
-            self._finish()
-
-    # -- backend side ---------------------------------------------------------------------------
-
-    def _send_backend(self, data: bytes) -> None:
-        assert self.backend is not None and self.node is not None
-        try:
-            sent = self.backend.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._backend_failed(f"send failed: {exc.strerror}")
-            return
-        self.node.stats.bytes_to_node += sent
-        if sent < len(data):
-            self.to_backend += memoryview(data)[sent:]
-
-    def _flush_backend(self) -> None:
-        assert self.backend is not None and self.node is not None
-        while True:
-            if not self.to_backend and self.body is not None:
-                self._refill_from_body()
-            if not self.to_backend:
-                break
-            try:
-                sent = self.backend.send(self.to_backend)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._backend_failed(f"send failed: {exc.strerror}")
-                return
-            self.node.stats.bytes_to_node += sent
-            del self.to_backend[:sent]
-            if self.to_backend or self.body is None:
-                break
-        if not self._backend_pending() and self.client_eof:
-            self._shutdown_backend()
-
-    def _refill_from_body(self) -> None:
-        """Next chunk of a spilled body; once it is all sent, what the client sent after it."""
+    def _feed_body(self, data: bytes) -> None:
+        """Post-buffering: hold the body; route once it is complete."""
         body = self.body
         assert body is not None
-        chunk = body.next_chunk(FILE_CHUNK)
-        if chunk:
-            self.to_backend += chunk
-            return
-        body.close()
-        self.body = None
-        self.to_backend += self.after_body
-        self.after_body = bytearray()
-
-    def _read_backend(self) -> None:
-        """Relay what the node sent; read again at once while the client keeps up, so that the end of a
-        short answer (data, then EOF) is usually handled in one wakeup instead of two."""
-        assert self.backend is not None and self.node is not None
-        stats = self.node.stats
-        for _ in range(READS_PER_WAKEUP):
-            try:
-                data = self.backend.recv(self.worker.read_size)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._backend_failed(f"receive failed: {exc.strerror}")
-                return
-            if not data:
-                if not self.replied:
-                    self._backend_failed("closed the connection without answering")
-                    return
-                # The response is complete; the backend socket is no longer needed (and would keep
-                # reporting HUP). What is still queued for the client is flushed, then the session ends.
-                self.backend_eof = True
-                self._drop_backend()
-                if not self.to_client:
-                    self._finish()
-                return
-            stats.bytes_from_node += len(data)
-            if self.to_client:
-                self.to_client += data
-                return
-            self._send_client(data)
-            if self.to_client or self.state == DONE:
-                return
-
-    def _shutdown_backend(self) -> None:
-        """The client half-closed after its request: pass the EOF on, keep waiting for the answer.
-
-        (docs/differences.md, "Client that half-closes")
-        """
-        assert self.backend is not None
         try:
-            self.backend.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+            extra = body.feed(data)
+        except OSError as exc:
+            self.routing.notes.error("key %s: cannot buffer the request body: %s", printable(self.key), exc)
+            self._reply_error(503, "the router cannot buffer the request body")
+            return
+        if not body.complete:
+            return
+        if body.spilled:
+            self.after_body += extra
+        else:
+            self.upload = body.memory + extra
+            body.close()
+            self.body = None
+        self._route()
+
+    # -- choosing and connecting ------------------------------------------------------------------
+
+    def _route(self) -> None:
+        head = self.head
+        assert head is not None
+        self.last_active = self.loop.now  # from now on the timeout counts silence, not the head's deadline
+        self.key = self.settings.force_key or routing_key(head.vars)
+        if self.loop.shutting_down:
+            self._reply_error(503, "the router is shutting down")
+        elif not self.key:
+            self.routing.notes.warning(
+                "request without a key (UWSGI_FASTROUTER_KEY, HTTP_HOST or SERVER_NAME): answered 502"
+            )
+            self._reply_error(502, "the request names no host")
+        else:
+            self._connect_next()
+
+    def _connect_next(self) -> None:
+        """Connect to the next node that can be had (see routing.py for the order), or answer 502."""
+        routing = self.routing
+        tried = self.tried
+        while True:
+            try:
+                node = routing.choose(self.key, tried, self.broken, self.loop.now)
+            except UnsafeKey as exc:
+                routing.notes.warning("key %s refused: %s; answered 502", printable(self.key), exc)
+                self._reply_error(502, f"no node for key {printable(self.key)}")
+                return
+            if node is None:
+                if tried:
+                    self._reply_error(502, f"no node could be reached for key {printable(self.key)}")
+                else:
+                    routing.notes.warning("key %s: no node; answered 502", printable(self.key))
+                    self._reply_error(502, f"no node for key {printable(self.key)}")
+                return
+            if node is self.broken:
+                # No other node: the one that broke is tried again. Gone for good, it refuses the connect and is
+                # marked dead (then cheap mode may hand the request to the local app); alive, it may answer now.
+                self.broken = None
+                tried.remove(node)
+            tried.append(node)
+            if routing.is_self(node):
+                routing.notes.warning("key %s: node %s is this router itself; skipped", printable(self.key), node.name)
+                routing.mapper.failed(node, self.loop.now)
+                continue
+            if self._connect(node):
+                return
+
+    def _connect(self, node: Node) -> bool:
+        """Start connecting to ``node``: True once that is under way (or the session waits or answered)."""
+        try:
+            sock = socket.socket(node.family, _SOCK_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of descriptors: wait for one (sessions end all the time) instead of failing.
+                self.tried.pop()
+                self.routing.mapper.done(node)
+                self._enter(NO_DESCRIPTOR)
+                self.loop.wait_for_descriptor(self, self.resume_connect)
+                return True
+            self.routing.notes.error(
+                "key %s: cannot create a socket for node %s: %s", printable(self.key), node.name, exc
+            )
+            self._reply_error(503, "the router is out of resources")
+            return True
+        self.node = node
+        try:
+            err = sock.connect_ex(node.sockaddr)
+        except OSError as exc:  # an address the kernel refuses outright
+            err = exc.errno or errno.EINVAL
+        if err == 0 or err == _EINPROGRESS:
+            # Send the head at once: on loopback and UNIX sockets the connection is already up, which saves a
+            # poll round and two epoll_ctl calls per request. A node still handshaking answers EAGAIN, and then
+            # the session waits for writability as usual.
+            out = self._head_for(node)
+            try:
+                sent = sock.send(out)
+            except BlockingIOError:
+                self._attach_backend(sock, EPOLLOUT)
+                self._enter(CONNECT_STARTED)
+                return True
+            except OSError as exc:
+                err = exc.errno or errno.ECONNREFUSED
+            else:
+                self._attach_backend(sock, EPOLLIN | EPOLLRDHUP)
+                self._established(out, sent)
+                return True
+        sock.close()
+        self._connect_failed(node, err)
+        return False
+
+    def resume_connect(self) -> None:
+        """A descriptor is free again: go on where ``_connect`` had to wait."""
+        if self.state != WAITING:
+            return
+        self._connect_next()
+        if self.state != DONE:
+            self._update_masks()
+
+    def _attach_backend(self, sock: socket.socket, mask: int) -> None:
+        backend = self.backend = Peer(sock, mask)
+        self.loop.register(backend.fd, self.on_backend, mask)
+
+    def _head_for(self, node: Node) -> bytes:
+        """The client's header and vars with the node's modifiers (as uWSGI rewrites them), then any early body."""
+        head = self.head
+        assert head is not None
+        raw = head.raw
+        if raw[0] == node.modifier1 and raw[3] == node.modifier2 and not self.upload:
+            return raw
+        out = bytearray(raw)
+        out[0] = node.modifier1
+        out[3] = node.modifier2
+        if self.upload:
+            out += self.upload
+            self.upload = bytearray()
+        return bytes(out)
+
+    def _connect_finished(self) -> None:
+        """The node became writable while connecting: the handshake ended, well or badly."""
+        backend = self.backend
+        node = self.node
+        assert backend is not None and node is not None
+        err = backend.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            out = self._head_for(node)
+            try:
+                sent = backend.sock.send(out)
+            except OSError as exc:
+                err = exc.errno or errno.ECONNREFUSED
+            else:
+                self._established(out, sent)
+                return
+        self._drop_backend()
+        self._connect_failed(node, err)
+        self._connect_next()
+
+    def _connect_failed(self, node: Node, err: int) -> None:
+        node.stats.failures += 1
+        self.node = None
+        self.routing.mapper.failed(node, self.loop.now)
+        if not self.settings.quiet:
+            self.routing.notes.warning(
+                "key %s: unable to connect to node %s (%d retries): %s",
+                printable(self.key),
+                node.name,
+                len(self.tried) - 1,
+                errno.errorcode.get(err, str(err)) if err else "timeout",
+            )
+
+    def _established(self, out: bytes, sent: int) -> None:
+        """The head (and early body) went out, ``sent`` bytes of ``out`` at least: relay from now on."""
+        node = self.node
+        backend = self.backend
+        assert node is not None and backend is not None
+        node.stats.hits += 1
+        backend.written += sent
+        self._enter(CONNECTED)
+        if sent < len(out):
+            backend.out += memoryview(out)[sent:]
+        if self.body is not None:
+            self._flush_backend()
+        elif self.client.eof and not backend.out:
+            backend.shutdown_write()
 
     def _backend_failed(self, reason: str) -> None:
         """The node reset or closed the connection after it was sent the request.
 
-        That says something about this request (a header too large for the node's buffer, an app that
-        crashed on it), not about the node's health: the node is not marked dead, so one bad request
-        cannot take every node out. A node that is really gone refuses the next connect and is marked
-        then. The request is sent once more, to another node (the same one only when no other is left), if it
-        can be sent again unchanged (an idempotent method without a body, nothing answered yet): a node
-        killed mid-request costs no request, and a request that breaks nodes reaches two at most.
+        That says something about this request (a header too large for the node's buffer, an app that crashed on
+        it), not about the node's health: the node is not marked dead, so one bad request cannot take every node
+        out. A node that is really gone refuses the next connect and is marked then. The request is sent once
+        more, to another node (the same one only when no other is left), if it can be sent again unchanged (an
+        idempotent method without a body, nothing answered yet): a node killed mid-request costs no request, and
+        a request that breaks nodes reaches two at most.
         """
         node = self.node
-        name = node.name if node else "?"
-        worker = self.worker
+        name = node.name if node is not None else "?"
+        notes = self.routing.notes
         if not self.replied and node is not None and not self.resent and self._can_resend():
             self.resent = True
-            worker.notes.warning(
-                "key %s: node %s %s; sending the request to the next node", printable(self.key), name, reason
-            )
+            notes.warning("key %s: node %s %s; sending the request to the next node", printable(self.key), name, reason)
             self._drop_backend()
-            worker.mapper.done(node)
-            # Another node first; this one again only if there is no other (see Connector._choose).
+            self.node = None
+            self.routing.mapper.done(node)
             self.broken = node
             self._connect_next()
             return
-        worker.notes.warning("key %s: node %s %s", printable(self.key), name, reason)
+        notes.warning("key %s: node %s %s", printable(self.key), name, reason)
         if self.replied:
             self._abort("")
         else:
@@ -368,34 +563,41 @@ class Session(Connector):
 
     def _can_resend(self) -> bool:
         head = self.head
-        if head is None or self.body is not None or self.after_body or self.to_backend:
+        backend = self.backend
+        if head is None or self.body is not None or self.after_body or self.upload:
             return False
-        if head.get(b"REQUEST_METHOD") not in (b"GET", b"HEAD", b"OPTIONS"):
+        if backend is not None and backend.out:
             return False
-        return not head.get(b"CONTENT_LENGTH") or head.get(b"CONTENT_LENGTH") == b"0"
+        if head.get(b"REQUEST_METHOD") not in _RESENDABLE:
+            return False
+        length = head.get(b"CONTENT_LENGTH")
+        return not length or length == b"0"
 
-    # -- ending ---------------------------------------------------------------------------------
+    # -- ending -----------------------------------------------------------------------------------
 
     def timed_out(self) -> None:
-        """No activity for --fastrouter-timeout seconds (the worker's sweep calls this)."""
-        if self.state == WAITING:
+        """No activity for --fastrouter-timeout seconds (the loop's sweep calls this)."""
+        state = self.state
+        if state == WAITING:
             self._reply_error(503, "the router is out of resources")
-        elif self.state == HEAD:
+        elif state == HEAD:
             self._abort("")
-        elif self.replied:
-            self.worker.notes.warning(
-                "key %s: node %s timed out mid-response", printable(self.key), self.node and self.node.name
-            )
+        elif self.replied or state == CLOSING:
+            if state != CLOSING:
+                self.routing.notes.warning(
+                    "key %s: node %s timed out mid-response", printable(self.key), self.node and self.node.name
+                )
             self._abort("")
-        else:
+        elif state == CONNECTING and self.node is not None:
             node = self.node
-            if self.state == CONNECTING and node is not None:
-                self._drop_backend()
-                self._connect_failed(node, 0)
-                self._connect_next()
-                return
-            self.worker.notes.warning(
-                "key %s: node %s timed out; answered 504", printable(self.key), node and node.name
+            self._drop_backend()
+            self._connect_failed(node, 0)
+            self._connect_next()
+            if self.state != DONE:
+                self._update_masks()
+        else:
+            self.routing.notes.warning(
+                "key %s: node %s timed out; answered 504", printable(self.key), self.node and self.node.name
             )
             self._reply_error(504, f"the node for key {printable(self.key)} did not answer in time")
 
@@ -405,61 +607,78 @@ class Session(Connector):
             return
         self._drop_backend()
         protocol = self.head.get(b"SERVER_PROTOCOL") if self.head is not None else None
-        self.to_client = bytearray(error_response(status, detail, protocol))
+        client = self.client
         self.replied = True
-        self.state = CLOSING
-        self._flush_client()
-        if self.state != DONE:
+        self._enter(CLOSE_AFTER_FLUSH)
+        client.out.clear()
+        if not client.write(error_response(status, detail, protocol)):
+            self._abort(f"client error: {client.failure}")
+        elif not client.out:
+            self._finish()
+        else:
             self._update_masks()
 
     def _abort(self, reason: str) -> None:
         if reason:
-            self.worker.notes.info("key %s: session closed: %s", printable(self.key), reason)
+            self.routing.notes.info("key %s: session closed: %s", printable(self.key), reason)
         self._finish()
 
     def _drop_backend(self) -> None:
-        if self.backend is not None:
-            self.worker.remove_backend_fd(self.bfd)
-            self.backend.close()
+        backend = self.backend
+        if backend is not None:
             self.backend = None
-            self.bfd = -1
-            self.bmask = 0
+            node = self.node
+            if node is not None:
+                node.stats.bytes_to_node += backend.written
+                node.stats.bytes_from_node += backend.received
+            self.loop.unregister(backend.fd)
+            backend.close()
 
     def _finish(self) -> None:
+        """Close everything; the loop hears of it once."""
         if self.state == DONE:
             return
         if self.body is not None:
             self.body.close()
             self.body = None
         self._drop_backend()
-        self.state = DONE
-        self.worker.remove_fd(self.cfd)
-        self.client.close()
-        self.worker.session_ended(self)
+        self._enter(CLOSE)
+        client = self.client
+        self.loop.unregister(client.fd)
+        client.close()
+        if self.node is not None:
+            self.routing.mapper.done(self.node)
+        self.loop.session_ended(self, self.head is not None, client.written, self.started)
+
+    def close(self) -> None:
+        """The router is leaving: end at once, whatever the state."""
+        self._finish()
 
     def _update_masks(self) -> None:
-        high_water = self.worker.high_water
+        high_water = self.settings.high_water
+        client = self.client
+        backend = self.backend
         cmask = 0
         if (
-            not self.client_eof
+            not client.eof
             and self.state != CLOSING
-            and len(self.to_backend) < high_water
+            and len(backend.out if backend is not None and self.state == RELAY else self.upload) < high_water
             and len(self.after_body) < high_water
         ):
             cmask = EPOLLIN
-        if self.to_client:
+        if client.out:
             cmask |= EPOLLOUT
-        if cmask != self.cmask:
-            self.cmask = cmask
-            self.worker.modify(self.cfd, cmask)
-        if self.backend is None:
+        if cmask != client.mask:
+            client.mask = cmask
+            self.loop.modify(client.fd, cmask)
+        if backend is None:
             return
         if self.state == CONNECTING:
             bmask = EPOLLOUT
         else:
-            bmask = EPOLLIN if not self.backend_eof and len(self.to_client) < high_water else 0
-            if self.to_backend or self.body is not None:
+            bmask = EPOLLIN | EPOLLRDHUP if len(client.out) < high_water else 0
+            if backend.out or self.body is not None:
                 bmask |= EPOLLOUT
-        if bmask != self.bmask:
-            self.bmask = bmask
-            self.worker.modify(self.bfd, bmask)
+        if bmask != backend.mask:
+            backend.mask = bmask
+            self.loop.modify(backend.fd, bmask)

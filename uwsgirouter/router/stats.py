@@ -9,20 +9,34 @@ a ``StatsExchange`` (stats/exchange.py) that the router's loop drives: a slow re
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 
 from uwsgirouter import __version__
 from uwsgirouter.stats.exchange import JSON_TYPE, METRICS_PATH, METRICS_TYPE, encode_json, http_response
 from uwsgirouter.stats.prometheus import router_metrics
 
-if TYPE_CHECKING:
-    from uwsgirouter.router.worker import RouterWorker
+
+class MapperStats(Protocol):
+    """A mapper's part of the document (its ``stats()`` hook): static nodes, or the subscriptions."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class Router(Protocol):
+    """What the document reads of the router process that serves it."""
+
+    @property
+    def sessions(self) -> Collection[object]: ...
+
+    @property
+    def mapper(self) -> MapperStats: ...
+
 
 UWSGI_VERSION = "2.0.31"
 
 
-def stats_document(worker: RouterWorker, names: Sequence[str], cheap: bool = False) -> dict[str, Any]:
+def stats_document(worker: Router, names: Sequence[str], cheap: bool = False) -> dict[str, Any]:
     """The whole document, keys in uWSGI's order."""
     doc: dict[str, Any] = {
         "version": UWSGI_VERSION,
@@ -40,7 +54,7 @@ def stats_document(worker: RouterWorker, names: Sequence[str], cheap: bool = Fal
 
 
 def render(
-    worker: RouterWorker,
+    worker: Router,
     names: Sequence[str],
     http: bool = False,
     cheap: bool = False,
