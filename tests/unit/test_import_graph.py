@@ -17,16 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "uwsgirouter"
 
 #: Import edges (importer, imported) left out while a known circle is being taken apart; all are imports under
-#: ``if TYPE_CHECKING:`` of the module that holds the whole (the worker, the master). An entry whose import no
-#: longer exists fails the test, so the list only shrinks; empty it as the circles go.
+#: ``if TYPE_CHECKING:`` of the module that holds the whole (the worker). An entry whose import no longer exists
+#: fails the test, so the list only shrinks; empty it as the circles go.
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
-        # the master's services take the Master itself (for its config, arbiter, sockets) rather than a narrow view
-        ("uwsgirouter.services.registry", "uwsgirouter.master"),
-        ("uwsgirouter.services.cheap", "uwsgirouter.master"),
-        ("uwsgirouter.services.logfile", "uwsgirouter.master"),
-        ("uwsgirouter.services.notify", "uwsgirouter.master"),
-        ("uwsgirouter.services.stats", "uwsgirouter.master"),
         # an app worker's thread pool annotates the worker it serves
         ("uwsgirouter.workers.cores", "uwsgirouter.workers.wsgi"),
     }

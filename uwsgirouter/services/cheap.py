@@ -20,7 +20,6 @@ from uwsgirouter.services.base import MasterControl, Service
 
 if TYPE_CHECKING:
     from uwsgirouter.arbiter import Arbiter
-    from uwsgirouter.master import Master
     from uwsgirouter.sock import Listener
 
 log = logging.getLogger("uwsgirouter.master")
@@ -43,8 +42,9 @@ class CheapWatch(Service):
         self.control.request_cheap(False)
 
 
-def build_cheap_watch(master: Master) -> CheapWatch | None:
-    """Any instance with app workers may go cheap (``C`` at any time), so the watch is always there for it."""
-    if not master.arbiter.apps:
+def build_cheap_watch(arbiter: Arbiter, listeners: Sequence[Listener], control: MasterControl) -> CheapWatch | None:
+    """Any instance with app workers may go cheap (``C`` at any time), so the watch is always there for it;
+    ``listeners`` are the app sockets."""
+    if not arbiter.apps:
         return None
-    return CheapWatch(master.arbiter, master.sockets.app, master)
+    return CheapWatch(arbiter, listeners, control)

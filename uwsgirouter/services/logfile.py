@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
+from uwsgirouter.config import Config
 from uwsgirouter.logs import log_file, switch_log_file
 from uwsgirouter.services.base import Service
-
-if TYPE_CHECKING:
-    from uwsgirouter.master import Master
 
 log = logging.getLogger("uwsgirouter.master")
 
@@ -56,10 +53,9 @@ class LogRotation(Service):
             self.failure = None
 
 
-def build_log_file(master: Master) -> Service | None:
+def build_log_file(config: Config) -> Service | None:
     """Runs when the master starts supervising, after privileges are dropped: opens ``--logto2`` (as the
     new user), and returns the rotation when ``--log-maxsize`` asks for one."""
-    config = master.config
     if config.logto2:
         log.info("logging to %s from now on", config.logto2)
         switch_log_file("logto2", config.logto2, config.logdate)

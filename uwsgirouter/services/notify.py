@@ -18,13 +18,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING
+from collections.abc import MutableMapping, Sequence
 
 from uwsgirouter.services.base import Lifecycle, Service
-
-if TYPE_CHECKING:
-    from uwsgirouter.master import Master
 
 log = logging.getLogger("uwsgirouter.master")
 
@@ -119,9 +115,12 @@ class Notifier(Service):
             self.sock = None
 
 
-def build_notifier(master: Master, environ: MutableMapping[str, str] = os.environ) -> Notifier | None:
+def build_notifier(
+    listeners: Sequence[str], routers: int, apps: int, environ: MutableMapping[str, str] = os.environ
+) -> Notifier | None:
     """A notifier when the master runs under a service manager; takes ``NOTIFY_SOCKET`` out of ``environ``
-    (the process environment) so that no worker inherits it."""
+    (the process environment) so that no worker inherits it. ``listeners`` (the names of the router and app
+    sockets) and the numbers of ``routers`` and ``apps`` go into its status lines."""
     value = environ.pop(ENV_VAR, None)
     if not value:
         return None
@@ -129,8 +128,6 @@ def build_notifier(master: Master, environ: MutableMapping[str, str] = os.enviro
     if address is None:
         log.warning("%s=%s: not a path nor an @abstract name; no notifications sent", ENV_VAR, value)
         return None
-    listeners = [listener.name for listener in (*master.sockets.router, *master.sockets.app)]
-    routers, apps = master.arbiter.routers, master.arbiter.apps
     kinds = [f"{n} {kind}{'s' if n != 1 else ''}" for n, kind in ((routers, "router"), (apps, "app worker")) if n]
     log.info("notifying the service manager on %s", value)
-    return Notifier(address, value, os.getpid(), listeners, " and ".join(kinds))
+    return Notifier(address, value, os.getpid(), list(listeners), " and ".join(kinds))

@@ -31,7 +31,11 @@ from uwsgirouter.stats.exchange import (
 from uwsgirouter.stats.prometheus import instance_metrics
 
 if TYPE_CHECKING:
-    from uwsgirouter.master import Master
+    from uwsgirouter.arbiter import Arbiter
+    from uwsgirouter.config import Config
+    from uwsgirouter.heartbeat import HeartbeatTable
+    from uwsgirouter.pause import PauseSwitch
+    from uwsgirouter.sockets import Sockets
 
 log = logging.getLogger("uwsgirouter.master")
 
@@ -112,12 +116,14 @@ class StatsServer(Service):
         self.clients.clear()
 
 
-def build_stats_server(master: Master) -> StatsServer | None:
-    """The service when --stats is set (its socket was bound by the master with the others)."""
-    listener = master.sockets.master_stats
+def build_stats_server(
+    config: Config, sockets: Sockets, arbiter: Arbiter, heartbeats: HeartbeatTable, pause: PauseSwitch
+) -> StatsServer | None:
+    """The service when --stats is set (its socket was bound by the master with the others); the document
+    reads the workers from ``arbiter`` and ``heartbeats``, and the instance's ``pause`` switch."""
+    listener = sockets.master_stats
     if listener is None:
         return None
-    sockets = master.sockets
     entries: list[StatsSocket] = []
     seen: set[int] = set()
     for group, shared in ((sockets.shared, True), (sockets.app, False), (sockets.router, False)):
@@ -125,5 +131,5 @@ def build_stats_server(master: Master) -> StatsServer | None:
             if id(sock) not in seen:
                 seen.add(id(sock))
                 entries.append(StatsSocket(sock, shared))
-    stats = MasterStats(master.arbiter, master.heartbeats, entries, master.config.listen, master.pause_switch)
-    return StatsServer(listener, stats, master.config.stats_http, master.config.stats_minified)
+    stats = MasterStats(arbiter, heartbeats, entries, config.listen, pause)
+    return StatsServer(listener, stats, config.stats_http, config.stats_minified)
