@@ -76,6 +76,11 @@ class BaseWorker:
 
     # -- signals -------------------------------------------------------------------------------
 
+    @property
+    def wakeup_fd(self) -> int:
+        """The read end of the wakeup pipe (-1 before ``init_process``), for a loop that waits on it."""
+        return self._wakeup_r
+
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Record ``signum`` in the flags; the loop acts on it."""
         raise NotImplementedError

@@ -21,14 +21,14 @@ from __future__ import annotations
 import logging
 import os
 import select
+import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from uwsgirouter.config import Config
-
-if TYPE_CHECKING:
-    from uwsgirouter.workers.wsgi import WsgiWorker
+from uwsgirouter.sock import Listener
 
 log = logging.getLogger("uwsgirouter.wsgi")
 
@@ -65,10 +65,34 @@ class Recycle:
         return bool(self.rss_limit) and resident_bytes() >= self.rss_limit
 
 
+class PoolWorker(Protocol):
+    """What the pool needs of the worker it serves (``wsgi.WsgiWorker``): its flags, sockets and wakeup pipe,
+    and the serving of one connection, which each core calls."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def listeners(self) -> Sequence[Listener]: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def exit_now(self) -> bool: ...
+    @property
+    def wakeup_fd(self) -> int:
+        """The read end of the pipe that signals (and ``wake``) write to."""
+        ...
+
+    def paused_now(self) -> bool: ...
+    def beat_now(self) -> None: ...
+    def master_gone(self) -> bool: ...
+    def drain_wakeup(self, events: int = 0) -> None: ...
+    def accept_and_serve(self, listener: socket.socket, core: int = 0) -> None: ...
+
+
 class CorePool:
     """The threads of one worker; ``run()`` returns once they are done (or at once for an immediate stop)."""
 
-    def __init__(self, worker: WsgiWorker, count: int) -> None:
+    def __init__(self, worker: PoolWorker, count: int) -> None:
         self.worker = worker
         self.count = count
         self.by_fd = {listener.fileno(): listener.sock for listener in worker.listeners}
@@ -103,7 +127,7 @@ class CorePool:
         for thread in cores:
             thread.start()
         poller = select.poll()
-        poller.register(worker._wakeup_r, select.POLLIN)
+        poller.register(worker.wakeup_fd, select.POLLIN)
         orphan = False
         while not (worker.stopping or worker.exit_now):
             worker.beat_now()
@@ -148,4 +172,4 @@ class CorePool:
                 continue
             sock = self.by_fd.get(ready[0]) if ready else None
             if sock is not None:
-                worker._accept_and_serve(sock, core)
+                worker.accept_and_serve(sock, core)

@@ -171,7 +171,7 @@ class WsgiWorker(BaseWorker):
                         break
                     sock = by_fd.get(fd)
                     if sock is not None:
-                        self._accept_and_serve(sock)
+                        self.accept_and_serve(sock)
         except _Interrupted:
             pass
         return self._stopped()
@@ -217,7 +217,8 @@ class WsgiWorker(BaseWorker):
         if self.stopping and self.threads > 1:
             self.wake()  # the main thread tells the other cores
 
-    def _accept_and_serve(self, listener: socket.socket, core: int = 0) -> None:
+    def accept_and_serve(self, listener: socket.socket, core: int = 0) -> None:
+        """Accept one connection on ``listener`` if one is still there and serve it (on ``core``)."""
         try:
             client, _ = listener.accept()
         except BlockingIOError:
