@@ -137,3 +137,30 @@ def _bind_unix(address: UnixAddress, backlog: int, chmod: int | None, owner: tup
         raise
     sock.setblocking(False)
     return Listener(sock, path, unix_path=path, unix_inode=os.stat(path).st_ino)
+
+
+def stdin_listener() -> Listener | None:
+    """A listening stream socket on file descriptor 0, as uWSGI's instances take it (an on-demand vassal's
+    socket, bound by its Emperor); None when stdin is anything else. The file of a UNIX socket found this way
+    is not ours to remove."""
+    try:
+        sock = socket.socket(fileno=0)
+    except OSError:
+        return None  # not a socket: a terminal, /dev/null, a pipe
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        where = sock.getsockname()
+    except OSError:
+        sock.detach()
+        return None
+    families = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+    if not listening or kind != socket.SOCK_STREAM or sock.family not in families:
+        sock.detach()  # a connected socket as stdin (inetd's nowait) is left alone
+        return None
+    sock.setblocking(False)
+    if sock.family == socket.AF_UNIX:
+        name = "@" + where[1:].rstrip(b"\0").decode() if isinstance(where, bytes) else str(where)
+    else:
+        name = str(TcpAddress(where[0], where[1]))
+    return Listener(sock, name)

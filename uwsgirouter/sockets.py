@@ -15,7 +15,7 @@ from uwsgirouter.address import Address, UnixAddress
 from uwsgirouter.config import Config
 from uwsgirouter.config.preflight import socket_owner
 from uwsgirouter.errors import ConfigError
-from uwsgirouter.sock import Listener, bind_listener, set_owner_and_mode
+from uwsgirouter.sock import Listener, bind_listener, set_owner_and_mode, stdin_listener
 from uwsgirouter.subscription.server import bind_datagram
 
 log = logging.getLogger("uwsgirouter.master")
@@ -44,6 +44,8 @@ class Sockets:
                 listener = self._bind("socket", address, config, defer)
                 self.app.append(listener)
                 log.info("uwsgi socket %d bound to %s fd %d", len(self.app) - 1, listener.name, listener.fileno())
+            if not config.skip_zero and not any(s.fileno() == 0 for s in (*self.shared, *self.app)):
+                self._inherit_stdin()
             for address in config.fastrouter:
                 listener = self._bind("fastrouter", address, config, defer)
                 self.router.append(listener)
@@ -67,6 +69,16 @@ class Sockets:
         except BaseException:
             self.close()
             raise
+
+    def _inherit_stdin(self) -> None:
+        """uWSGI's fd 0: a listening socket there (an on-demand vassal's, bound by its Emperor) is one more
+        app socket, after those of --socket."""
+        listener = stdin_listener()
+        if listener is None:
+            return
+        self.app.append(listener)
+        kind = "UNIX" if listener.sock.family == socket.AF_UNIX else "INET"
+        log.info("uwsgi socket %d inherited %s address %s fd 0", len(self.app) - 1, kind, listener.name)
 
     def _bind(self, option: str, address: Address, config: Config, defer: int) -> Listener:
         """Bind one listener; a failure is one line naming the option it came from."""

@@ -68,10 +68,12 @@ esac
 """
 
 
-def vassal_ini(name: str, port: int, *extra: str) -> str:
+def vassal_ini(name: str, port: int | None, *extra: str) -> str:
+    """A vassal serving tests/apps/instance_app.py on 127.0.0.1:``port`` (None: no --socket, as an on-demand
+    vassal, which gets its socket from its Emperor)."""
     lines = [
         "[uwsgi]",
-        f"socket = 127.0.0.1:{port}",
+        *([f"socket = 127.0.0.1:{port}"] if port is not None else []),
         f"wsgi-file = {APPS / 'instance_app.py'}",
         f"env = INSTANCE={name}",
         f"vassal_key = {name}.example",
@@ -112,6 +114,15 @@ class Host:
         path.write_text(vassal_ini(name, free_port(), *extra))
         return path
 
+    def add_on_demand(self, name: str) -> int:
+        """An on-demand vassal: its socket's address in NAME.ini.socket (the file's extension option); the port."""
+        port = free_port()
+        path = self.tmp / "vassals" / name / f"{name}.ini"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(vassal_ini(name, None))
+        (path.parent / f"{name}.ini.socket").write_text(f"127.0.0.1:{port}\n")
+        return port
+
     def start(self) -> Proc:
         self.master = self.procs.router(str(self.ini), wait_for=("127.0.0.1", self.port))
         return self.master
@@ -138,7 +149,9 @@ class Host:
 
 
 @pytest.fixture
-def host(procs: ProcessManager, tmp_path: Path, sockdir: Path) -> Host:
+def host(sockdir: Path, procs: ProcessManager, tmp_path: Path) -> Host:
+    """``sockdir`` first: set up before ``procs``, it is removed after the processes are stopped, so the
+    vassals stopping at the end of a test still find the subscription socket to unsubscribe from."""
     return Host(procs, tmp_path, sockdir)
 
 
@@ -169,8 +182,23 @@ def test_the_acceptance_file_runs_a_uwsgi_and_a_uwsgirouter_vassal_routed_by_the
         for event in ("has been spawned", "is ready to accept requests", "is now loyal"):
             line = f"[emperor] vassal ./vassals/{name}/{name}.ini {event}"  # uWSGI's words
             wait_until(lambda: line in host.log(), 10, what=line)  # noqa: B023 - called before the next turn
-    log = host.log()
-    assert "[emperor] --emperor-on-demand-extension is not implemented yet: ignored" in log  # planned
+    assert "on demand" not in host.log()  # no NAME.ini.socket file: started at once
+
+
+def test_the_acceptance_file_runs_an_on_demand_vassal_at_its_first_request(host: Host) -> None:
+    host.add("own")
+    port = host.add_on_demand("lazy")
+    host.start()
+    host.wait_routed("own")
+    name = "./vassals/lazy/lazy.ini"
+    detected = f'[uwsgi-emperor] {name} -> "on demand" instance detected, waiting for connections on socket'
+    wait_until(lambda: detected in host.log(), 10, what="the on-demand socket bound")
+    wait_until(lambda: host.log().count("[emperor] vassal ./vassals/own/own.ini is now loyal") == 1, 10)
+    assert f"vassal {name} started" not in host.log()  # not running before its first request
+    response = uwsgi_request(("127.0.0.1", port), request_vars(host="lazy.example"), timeout=20)
+    assert response.status == 200 and response.body.startswith(b"instance=lazy ")
+    assert f"vassal {name} started" in host.log()
+    host.wait_routed("lazy")  # once running it subscribes like the others
 
 
 @pytest.mark.parametrize("name", ["real-one", "own"])

@@ -9,7 +9,7 @@ import pytest
 
 from uwsgirouter.config import load_config
 from uwsgirouter.config.checks import check_config
-from uwsgirouter.emperor import protocol
+from uwsgirouter.emperor import ondemand, protocol
 from uwsgirouter.emperor.link import EmperorLink, build_emperor_link
 from uwsgirouter.emperor.scanner import Scanner
 from uwsgirouter.emperor.service import vassal_args
@@ -134,3 +134,28 @@ def test_a_wrong_emperor_fd_is_a_configuration_error() -> None:
     assert build_emperor_link({}, Control(), 0) is None  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="UWSGI_EMPEROR_FD=x: not the descriptor of a socket"):
         build_emperor_link({"UWSGI_EMPEROR_FD": "x"}, Control(), 0)  # type: ignore[arg-type]
+
+
+def test_on_demand_socket_name_is_the_first_line_of_the_extension_file_or_the_directory_socket(tmp_path: Path) -> None:
+    vassal = tmp_path / "app.ini"
+    assert ondemand.socket_name(str(vassal), ".socket", None) is None  # no such file: started at once
+    (tmp_path / "app.ini.socket").write_bytes(b"127.0.0.1:3031\r\nignored")
+    assert ondemand.socket_name(str(vassal), ".socket", None) == "127.0.0.1:3031"
+    (tmp_path / "app.ini.socket").write_bytes(b"\n127.0.0.1:3031")
+    assert ondemand.socket_name(str(vassal), ".socket", None) is None  # empty first line: not on demand
+    assert ondemand.socket_name(str(vassal), ".socket", "/run/x") is None  # the extension wins
+    assert ondemand.socket_name("vassals/app.ini", None, "/run/x") == "/run/x/app.socket"
+    assert ondemand.socket_name("vassals/app.v2.ini", None, "/run/x") == "/run/x/app.v2.socket"
+    assert ondemand.socket_name("vassals/app", None, "/run/x") is None  # uWSGI needs a dot
+
+
+def test_on_demand_bind_refuses_what_cannot_be_bound(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="an address to bind"):
+        ondemand.bind("fd://3", str(tmp_path), 10)
+    listener = ondemand.bind("app.sock", str(tmp_path), 10)  # relative to the vassal's directory
+    try:
+        assert listener.name == "app.sock" and (tmp_path / "app.sock").is_socket()
+        assert listener.sock.getblocking()  # handed over as uWSGI binds it
+    finally:
+        listener.close()
+    assert not (tmp_path / "app.sock").exists()

@@ -69,16 +69,15 @@ class EmperorOptions:
         NON_EMPTY,
         None,
         aliases=["emperor-on-demand-ext"],
-        planned=True,
-        help="On-demand vassals: the socket named in the file VASSAL+EXT is bound by the Emperor, and the vassal "
-        "started at its first connection.",
+        help="On-demand vassals: the socket named in the file VASSAL+EXT (when there is one) is bound by the "
+        "Emperor, and the vassal started at its first connection, which it serves; it gets the socket as stdin.",
     )
     emperor_on_demand_directory: Scalar[str | None] = Scalar(
         PATH,
         None,
         aliases=["emperor-on-demand-dir"],
-        planned=True,
-        help="On-demand vassals with their sockets in this directory, named after the vassal (DIR/NAME.socket).",
+        help="On-demand vassals, every one, with its UNIX socket in this directory, named after the vassal file "
+        "(DIR/NAME.socket for NAME.ini); --emperor-on-demand-extension wins when both are given.",
     )
     emperor_stats: Scalar[str | None] = Scalar(
         NON_EMPTY,

@@ -52,6 +52,10 @@ class SocketOptions:
         SECONDS, 4, short="z", help="Seconds a TCP client may connect without sending data before it is accepted."
     )
     no_defer_accept = Flag(help="Do not use TCP deferred accept on listening sockets.")
+    skip_zero = Flag(
+        help="Do not take a listening socket found on file descriptor 0 (stdin) as one more uwsgi socket, as "
+        "an on-demand vassal's Emperor or an inetd-style launcher hands it over."
+    )
 
 
 class AppOptions:

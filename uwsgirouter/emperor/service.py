@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from uwsgirouter.config import Config
-from uwsgirouter.emperor import protocol
+from uwsgirouter.emperor import ondemand, protocol
 from uwsgirouter.emperor.scanner import Found, Scanner
 from uwsgirouter.emperor.throttle import MAXIMUM, THROTTLING, Blacklisted, after_death, allowed_at
 from uwsgirouter.emperor.vassal import Vassal, VassalArgs
+from uwsgirouter.errors import ConfigError
 from uwsgirouter.oscalls import describe_status
 from uwsgirouter.proc import Pidfile
 from uwsgirouter.services.base import Lifecycle, Service
@@ -73,7 +74,12 @@ class Emperor(Service):
         self.reload_mercy = float(config.reload_mercy)
         self.graceful_shutdown = config.emperor_graceful_shutdown
         self.stop_mode = stop_mode
+        self.on_demand_extension = config.emperor_on_demand_extension
+        self.on_demand_directory = config.emperor_on_demand_directory
+        self.backlog = config.listen
         self.vassals: dict[str, Vassal] = {}
+        #: on-demand vassals waiting for a connection on their socket (no process)
+        self.sleeping: dict[str, Vassal] = {}
         self.blacklist: dict[str, Blacklisted] = {}
         #: vassals whose respawn waits for its throttle: name -> (wall-clock due, where it was found)
         self.waiting: dict[str, tuple[float, Vassal]] = {}
@@ -87,11 +93,19 @@ class Emperor(Service):
     # -- the master's loop ------------------------------------------------------------------------
 
     def filenos(self) -> Sequence[int]:
-        return [v.fileno for v in self.vassals.values() if v.sock is not None]
+        wall = time.time()
+        pairs = [v.fileno for v in self.vassals.values() if v.sock is not None]
+        return pairs + [v.listener.fileno() for v in self.sleeping.values() if v.listener and v.wake_after <= wall]
 
     def on_readable(self, fd: int, now: float) -> None:
         vassal = next((v for v in self.vassals.values() if v.fileno == fd), None)
         if vassal is None:
+            sleeper = next((v for v in self.sleeping.values() if v.listener and v.listener.fileno() == fd), None)
+            if sleeper is not None and not self.ragnarok:
+                del self.sleeping[sleeper.name]  # a connection: the vassal starts and serves it
+                if not self._spawn(sleeper):
+                    sleeper.wake_after = allowed_at(self.blacklist.get(sleeper.name))
+                    self._sleep(sleeper)
             return
         data = vassal.receive()
         if data is None:
@@ -125,6 +139,9 @@ class Emperor(Service):
             for vassal in list(self.vassals.values()):
                 self._stop(vassal, graceful)
             self.waiting.clear()
+            for vassal in self.sleeping.values():
+                _close_listener(vassal)
+            self.sleeping.clear()
 
     def busy(self) -> bool:
         return bool(self.vassals)
@@ -145,7 +162,11 @@ class Emperor(Service):
             log.warning("[emperor] NO MERCY for vassal %s !!!", vassal.name)
             vassal.kill()
             vassal.close()
+            _close_listener(vassal)
         self.vassals.clear()
+        for vassal in self.sleeping.values():
+            _close_listener(vassal)
+        self.sleeping.clear()
         if self.pidfile is not None:
             self.pidfile.unlink()
         log.info("The Emperor is buried.")
@@ -164,7 +185,12 @@ class Emperor(Service):
                     )
             for item in found:
                 vassal = self.vassals.get(item.name)
-                if vassal is None:
+                sleeper = self.sleeping.get(item.name)
+                if sleeper is not None:
+                    if item.mtime_ns > sleeper.last_mod:  # read when it starts
+                        sleeper.last_mod = item.mtime_ns
+                        log.info('[emperor] updated configuration for "on demand" instance %s', item.name)
+                elif vassal is None:
                     if item.name not in self.waiting:
                         self._add(scanner, item)
                 elif item.mtime_ns > vassal.last_mod and not vassal.stopping:
@@ -175,21 +201,56 @@ class Emperor(Service):
             for name, (_, vassal) in list(self.waiting.items()):
                 if vassal.monitor == str(scanner) and not scanner.exists(name):
                     del self.waiting[name]
+            for vassal in [v for v in self.sleeping.values() if v.monitor == str(scanner)]:
+                if not scanner.exists(vassal.name):
+                    del self.sleeping[vassal.name]
+                    _close_listener(vassal)
+                    log.info("[emperor] stop the uwsgi instance %s", vassal.name)
+                    log.info("[emperor] removed uwsgi instance %s", vassal.name)
 
     def _add(self, scanner: Scanner, item: Found) -> None:
         if time.time() < allowed_at(self.blacklist.get(item.name)):
             return  # throttled: a later scan (or the respawn timer) tries again
-        self._spawn(Vassal(item.name, item.cwd, str(scanner), item.mtime_ns))
+        vassal = Vassal(item.name, item.cwd, str(scanner), item.mtime_ns)
+        path = os.path.join(item.cwd, item.name)
+        name = ondemand.socket_name(path, self.on_demand_extension, self.on_demand_directory)
+        if name is None:
+            self._spawn(vassal)
+            return
+        try:
+            vassal.listener = ondemand.bind(name, item.cwd, self.backlog)
+        except ConfigError as exc:
+            log.error("[emperor] on-demand vassal %s: %s", item.name, exc)
+            self._blacklist(item.name)
+            return
+        self._sleep(vassal)
 
-    def _spawn(self, vassal: Vassal) -> None:
+    def _sleep(self, vassal: Vassal, back: bool = False) -> None:
+        """An on-demand vassal waits (again) for a connection on its socket."""
+        assert vassal.listener is not None
+        self.sleeping[vassal.name] = vassal
+        vassal.pid = -1
+        vassal.ready = vassal.accepting = False
+        vassal.cursed_at = 0.0
+        vassal.stopping = vassal.killed = False
+        what = 'back to "on demand" mode' if back else '"on demand" instance detected'
+        log.info(
+            '[uwsgi-emperor] %s -> %s, waiting for connections on socket "%s" ...',
+            vassal.name,
+            what,
+            vassal.listener.name,
+        )
+
+    def _spawn(self, vassal: Vassal) -> bool:
         try:
             vassal.spawn(self.args, self.environ)
         except OSError as exc:
             log.error("[emperor] cannot spawn vassal %s: %s", vassal.name, exc.strerror or exc)
             self._blacklist(vassal.name)
-            return
+            return False
         self.vassals[vassal.name] = vassal
         log.info("[emperor] vassal %s started (pid: %d)", vassal.name, vassal.pid)
+        return True
 
     def _reload(self, vassal: Vassal, mtime_ns: int) -> None:
         if not vassal.send(protocol.RELOAD):
@@ -208,6 +269,15 @@ class Emperor(Service):
         vassal.stopping = True
         vassal.cursed_at = time.monotonic()
         log.info("[emperor] stop the uwsgi instance %s", vassal.name)
+
+    def _back_to_sleep(self, vassal: Vassal) -> None:
+        """An on-demand vassal asked to stop (it was idle): it stops and waits for the next connection."""
+        if vassal.stopping:
+            return
+        vassal.send(protocol.GRACEFUL_STOP if self.graceful_shutdown else protocol.STOP)
+        vassal.stopping = vassal.to_sleep = True
+        vassal.cursed_at = time.monotonic()
+        log.info("[emperor] bringing back instance %s to on-demand mode", vassal.name)
 
     def _curse(self, vassal: Vassal) -> None:
         """Its end of the socketpair closed: it is leaving; killed if it has not left within the tolerance."""
@@ -232,6 +302,8 @@ class Emperor(Service):
         elif byte == protocol.ACCEPTING:
             vassal.accepting, vassal.last_accepting = True, now
             log.info("[emperor] vassal %s is ready to accept requests", vassal.name)
+        elif byte == protocol.STOP_ME and vassal.listener is not None:
+            self._back_to_sleep(vassal)
         elif byte == protocol.STOP_ME:
             self._stop(vassal, graceful=False)
         else:
@@ -241,11 +313,16 @@ class Emperor(Service):
     def _died(self, vassal: Vassal, status: int) -> None:
         del self.vassals[vassal.name]
         vassal.close()
+        if vassal.to_sleep and not self.ragnarok:
+            self._sleep(vassal, back=True)
+            return
         exiled = os.WIFEXITED(status) and os.WEXITSTATUS(status) == protocol.EXILE_CODE
         before = self.blacklist.get(vassal.name)
         if not vassal.loyal:
             self._blacklist(vassal.name)
         log.info("[emperor] removed uwsgi instance %s", vassal.name)
+        if vassal.stopping or self.ragnarok or exiled:
+            _close_listener(vassal)
         if vassal.stopping or self.ragnarok:
             return
         log.warning("[emperor] vassal %s (pid: %d) died (%s)", vassal.name, vassal.pid, describe_status(status))
@@ -253,6 +330,15 @@ class Emperor(Service):
             return  # uWSGI: not respawned now; the next scan adds it again (throttled)
         due = 0.0 if vassal.loyal or self.no_blacklist else allowed_at(before)
         replacement = Vassal(vassal.name, vassal.cwd, vassal.monitor, vassal.last_mod)
+        if vassal.listener is not None:  # uWSGI: an on-demand vassal waits for the next connection again
+            replacement.listener, replacement.wake_after = vassal.listener, due
+            replacement.born, replacement.first_run, replacement.respawns = (
+                vassal.born,
+                vassal.first_run,
+                vassal.respawns,
+            )
+            self._sleep(replacement)
+            return
         if due <= time.time():
             self._spawn(replacement)
         else:
@@ -303,14 +389,16 @@ def build_emperor(config: Config, stop_mode: Callable[[], str]) -> Emperor | Non
     cwd = os.getcwd()
     scanners = [Scanner(spec, cwd) for spec in config.emperor]
     emperor = Emperor(scanners, vassal_args(config), config, stop_mode)
-    for option, value in (
-        ("emperor-on-demand-extension", config.emperor_on_demand_extension),
-        ("emperor-on-demand-directory", config.emperor_on_demand_directory),
-        ("emperor-stats", config.emperor_stats),
-    ):
-        if value is not None:
-            log.warning("[emperor] --%s is not implemented yet: ignored", option)
+    if config.emperor_stats is not None:
+        log.warning("[emperor] --emperor-stats is not implemented yet: ignored")
     if config.emperor_pidfile:
         emperor.pidfile = Pidfile(config.emperor_pidfile)
         emperor.pidfile.create(os.getpid())
     return emperor
+
+
+def _close_listener(vassal: Vassal) -> None:
+    """The on-demand socket goes with its vassal (its UNIX socket file too, if it is still the one bound)."""
+    if vassal.listener is not None:
+        vassal.listener.close()
+        vassal.listener = None

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from uwsgirouter.emperor import protocol
 from uwsgirouter.proc import reset_signals
+from uwsgirouter.sock import Listener
 
 log = logging.getLogger("uwsgirouter.master")
 
@@ -75,6 +76,13 @@ class Vassal:
     #: when it was told to stop or its socket closed (uWSGI's cursed_at): killed after the tolerance
     cursed_at: float = 0.0
     killed: bool = False
+    #: an on-demand vassal's socket (emperor/ondemand.py), the Emperor's for the vassal's whole life; the
+    #: process gets it as its stdin
+    listener: Listener | None = None
+    #: asked to stop (it said "stop me"): its death sends it back to waiting for a connection
+    to_sleep: bool = False
+    #: an on-demand vassal waiting for a connection is not woken before this (wall clock; its throttle)
+    wake_after: float = 0.0
 
     @property
     def fileno(self) -> int:
@@ -82,15 +90,16 @@ class Vassal:
 
     def spawn(self, args: VassalArgs, environ: Mapping[str, str]) -> None:
         """Start the process. ``OSError`` when the socketpair or the fork fails; a binary that cannot be run
-        makes the child exit with uWSGI's exile code."""
+        makes the child exit with uWSGI's exile code. An on-demand vassal's socket becomes its stdin."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             mine.setblocking(False)
             argv = args.argv(self.name)
             env = vassal_environ(environ, theirs.fileno())
+            stdin = self.listener.fileno() if self.listener is not None else -1
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child, replaced by exec
-                _become_vassal(argv, env, self.cwd, theirs.fileno())
+                _become_vassal(argv, env, self.cwd, theirs.fileno(), stdin)
         except BaseException:
             mine.close()
             raise
@@ -101,6 +110,7 @@ class Vassal:
         self.first_run = self.first_run or self.last_run
         self.loyal = self.ready = self.accepting = False
         self.last_heartbeat = 0.0
+        self.to_sleep = False
 
     def send(self, byte: int) -> bool:
         """Send one command; False when the vassal's end is gone."""
@@ -136,8 +146,11 @@ class Vassal:
             self.sock = None
 
 
-def _become_vassal(argv: Sequence[str], env: Mapping[str, str], cwd: str, fd: int) -> None:  # pragma: no cover
-    """In the forked child: the master's signal handling undone, then exec; never returns."""
+def _become_vassal(  # pragma: no cover
+    argv: Sequence[str], env: Mapping[str, str], cwd: str, fd: int, stdin: int
+) -> None:
+    """In the forked child: the master's signal handling undone, stdin on /dev/null (or on the on-demand
+    socket ``stdin``), then exec; never returns."""
     status = protocol.EXILE_CODE
     try:
         reset_signals()
@@ -145,9 +158,12 @@ def _become_vassal(argv: Sequence[str], env: Mapping[str, str], cwd: str, fd: in
             signal.signal(inherited_ignore, signal.SIG_DFL)
         _die_with_parent()
         os.set_inheritable(fd, True)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        if stdin >= 0:
+            os.dup2(stdin, 0)
+        else:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
         os.chdir(cwd)
         os.execvpe(argv[0], list(argv), dict(env))
     except OSError as exc:
