@@ -217,6 +217,63 @@ def test_a_request_is_accepted_routed_answered_and_counted(listener: socket.sock
         running.stop()
 
 
+def test_a_long_answer_reaches_a_client_that_reads_it_late(listener: socket.socket, node: Backend) -> None:
+    loop = make_loop(listener, static_routing(node.node))
+    running = Running(loop)
+    try:
+        client = client_of(listener, GET)
+        conn = node.accept()
+        recv_exactly(conn, len(GET))
+        answer = bytes(range(256)) * 8192  # 2 MiB: the router waits for the client to take it
+        sender = threading.Thread(target=conn.sendall, args=(answer,), daemon=True)
+        sender.start()
+        time.sleep(0.1)
+        (session,) = loop.sessions
+        assert session.client.out or session.backend is None or not session.backend.mask & select.EPOLLIN
+        got = bytearray()
+        for _ in range(10000):
+            chunk = client.recv(1 << 20)
+            got += chunk
+            if len(got) >= len(answer):
+                break
+        sender.join(5)
+        conn.close()
+        assert bytes(got) == answer
+        assert client.recv(10) == b""
+        client.close()
+    finally:
+        running.stop()
+
+
+def test_an_event_for_a_descriptor_forgotten_meanwhile_is_skipped(listener: socket.socket, node: Backend) -> None:
+    loop = make_loop(listener, static_routing(node.node))
+    r, w = os.pipe()
+    seen: list[int] = []
+    loop.watch(r, seen.append)
+    loop.forget(r)  # still in the epoll set until it is closed, with no handler any more
+    os.write(w, b"x")
+    running = Running(loop)
+    try:
+        time.sleep(0.05)
+        assert seen == []
+        assert serve_one_request(listener, node) == ANSWER
+    finally:
+        running.stop()
+        os.close(r)
+        os.close(w)
+
+
+def serve_one_request(listener: socket.socket, node: Backend) -> bytes:
+    client = client_of(listener, GET)
+    conn = node.accept()
+    recv_exactly(conn, len(GET))
+    conn.sendall(ANSWER)
+    conn.close()
+    answer = read_all(client)
+    client.close()
+    return answer
+
+
 def test_the_request_counters_keep_uwsgis_running_average(listener: socket.socket, node: Backend) -> None:
     loop = armed(make_loop(listener, static_routing(node.node)), listener)
     loop.now = 100.0

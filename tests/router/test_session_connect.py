@@ -224,6 +224,25 @@ def test_with_no_descriptor_left_the_session_waits_and_goes_on_when_resumed(loop
     session.close()
 
 
+def test_a_session_resumed_when_its_node_is_gone_gets_a_502(loop: FakeLoop, node: Backend) -> None:
+    session, client = open_session(loop, static_routing(node.node))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_fd(), hard))
+    try:
+        client.sendall(GET)
+        loop.step(0.5)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert session.state == WAITING
+    node.listener.close()  # the node went away meanwhile: its connect is refused
+    node.path.unlink()
+    loop.waiting.pop()()
+    answer = read_to_end(client, loop)
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway")
+    assert session.state == DONE and node.node.stats.failures == 1
+    client.close()
+
+
 def test_a_session_that_waited_for_a_descriptor_too_long_gets_a_503(loop: FakeLoop, node: Backend) -> None:
     session, client = open_session(loop, static_routing(node.node))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -13,6 +13,7 @@ import resource
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from tools.harness import wait_until
 from uwsgirouter import __version__
 from uwsgirouter.config import Config, load_config
 from uwsgirouter.heartbeat import CHEAP, Counters
-from uwsgirouter.router.mappers import StaticMapper, SubscriptionMapper, static_nodes
+from uwsgirouter.router.mappers import Mapper, StaticMapper, SubscriptionMapper, static_nodes
+from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.stats import UWSGI_VERSION, render, stats_document
 from uwsgirouter.router.worker import RouterWorker, own_addresses, router_settings
 from uwsgirouter.sock import Listener
@@ -57,14 +59,15 @@ class Beats:
 class Worker:
     """A RouterWorker on listeners in a temporary directory, run in a thread."""
 
-    def __init__(self, tmp_path: Path, node: Backend, *options: str) -> None:
+    def __init__(
+        self, tmp_path: Path, node: Backend, *options: str, stats: bool = True, mapper: Mapper | None = None
+    ) -> None:
         self.router = unix_listener(tmp_path / "router.sock")
         self.stats = unix_listener(tmp_path / "stats.sock")
         self.config = load_config(["--fastrouter-to", str(node.path), *options], {})
         self.beats = Beats()
-        self.worker = RouterWorker(
-            self.config, [self.router], StaticMapper(static_nodes([str(node.path)]), 30.0), 1, self.beats, self.stats
-        )
+        mapper = mapper or StaticMapper(static_nodes([str(node.path)]), 30.0)
+        self.worker = RouterWorker(self.config, [self.router], mapper, 1, self.beats, self.stats if stats else None)
         self.worker.parent_pid = os.getppid()
         self.thread: threading.Thread | None = None
         self.status: int | None = None
@@ -118,10 +121,10 @@ def rlimit() -> Iterator[None]:
 def make(tmp_path: Path, node: Backend, rlimit: None) -> Iterator[Any]:
     made: list[Worker] = []
 
-    def build(*options: str) -> Worker:
+    def build(*options: str, **kwargs: Any) -> Worker:
         directory = tmp_path / f"w{len(made)}"
         directory.mkdir()
-        made.append(Worker(directory, node, *options))
+        made.append(Worker(directory, node, *options, **kwargs))
         return made[-1]
 
     yield build
@@ -182,7 +185,23 @@ def test_the_worker_serves_beats_and_reports_what_it_served(make: Any, node: Bac
 def test_the_worker_beats_while_it_runs(make: Any, node: Backend) -> None:
     running = make()
     running.start()
-    wait_until(lambda: len(running.beats.calls) >= 2, 5)  # the start's beat, then the tick's (every 0.5 s)
+    wait_until(lambda: len(running.beats.calls) >= 1, 5)  # at the start
+    for count in (2, 3):  # then at every wake-up at least 0.5 s after the last beat
+        time.sleep(0.55)
+        running.worker.wake()
+        wait_until(lambda: len(running.beats.calls) >= count, 5)  # noqa: B023
+
+
+def test_a_worker_without_a_stats_server_serves(make: Any, node: Backend) -> None:
+    running = make(stats=False)
+    running.start()
+    assert serve_one(running, node) == ANSWER
+    with client_of(running.stats) as unserved:
+        unserved.settimeout(0.1)
+        with pytest.raises(TimeoutError):
+            unserved.recv(10)  # nobody serves the (unused) stats socket
+    running.signal(signal.SIGINT)
+    running.join()
 
 
 def test_sigusr2_retires_the_worker_and_sigterm_stops_it_gracefully(make: Any) -> None:
@@ -383,6 +402,19 @@ def test_the_stats_server_sends_uwsgis_document(make: Any, node: Backend) -> Non
     assert doc["cheap"] == 0
     assert list(doc)[-1] == "cheap"
     assert not running.worker.stats_clients
+
+
+def test_a_stats_document_larger_than_the_socket_takes_is_sent_as_the_client_reads(
+    make: Any, node: Backend, tmp_path: Path
+) -> None:
+    many = [Node(f"{tmp_path}/node-{n:04d}.sock", socket.AF_UNIX, b"x") for n in range(3000)]
+    running = make(mapper=StaticMapper(many, 30.0))
+    running.start()
+    with client_of(running.stats) as client:
+        wait_until(lambda: running.worker.stats_clients, 5, what="the reply waits for the client to read")
+        doc = json.loads(read_all(client))
+    assert len(doc["static_nodes"]) == 3000
+    wait_until(lambda: not running.worker.stats_clients, 5)
 
 
 def test_the_stats_server_over_http_answers_json_and_metrics(make: Any) -> None:
