@@ -6,7 +6,8 @@ The Emperor side (``--emperor`` and its tuning) and the vassal side (``--heartbe
 
 from __future__ import annotations
 
-from uwsgirouter.config.converters import NON_EMPTY, PATH, POSITIVE, SECONDS, TEXT, integer
+from uwsgirouter.address import Address
+from uwsgirouter.config.converters import ADDRESS, NON_EMPTY, PATH, POSITIVE, SECONDS, TEXT, integer
 from uwsgirouter.config.setting import Flag, Multi, Scalar
 
 MILLISECONDS = integer(0, metavar="MILLISECONDS")
@@ -79,11 +80,11 @@ class EmperorOptions:
         help="On-demand vassals, every one, with its UNIX socket in this directory, named after the vassal file "
         "(DIR/NAME.socket for NAME.ini); --emperor-on-demand-extension wins when both are given.",
     )
-    emperor_stats: Scalar[str | None] = Scalar(
-        NON_EMPTY,
+    emperor_stats: Scalar[Address | None] = Scalar(
+        ADDRESS,
         None,
         aliases=["emperor-stats-server"],
-        planned=True,
-        help="Serve uWSGI's Emperor stats document (the vassals, for uwsgitop) on this address.",
+        help="Serve uWSGI's Emperor stats document (its vassals, as uwsgitop shows them) on this address: "
+        "host:port, a UNIX path or @abstract; --stats-http and --stats-minified apply to it too.",
     )
     heartbeat = Scalar(SECONDS, 0, help="As a vassal: send the Emperor a heartbeat every this many seconds (0: none).")

@@ -69,6 +69,7 @@ def _socket_paths(config: Config, base: str | None) -> None:
         ("fastrouter", config.fastrouter),
         ("fastrouter-stats", [config.fastrouter_stats]),
         ("stats", [config.stats]),
+        ("emperor-stats", [config.emperor_stats]),
         ("fastrouter-subscription-server", config.fastrouter_subscription_server),
     ]
     for option, addresses in listed:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from uwsgirouter.config import Config
 from uwsgirouter.emperor import ondemand, protocol
 from uwsgirouter.emperor.scanner import Found, Scanner
+from uwsgirouter.emperor.stats import EmperorStatsServer, bind_emperor_stats
 from uwsgirouter.emperor.throttle import MAXIMUM, THROTTLING, Blacklisted, after_death, allowed_at
 from uwsgirouter.emperor.vassal import Vassal, VassalArgs
 from uwsgirouter.errors import ConfigError
@@ -88,6 +89,8 @@ class Emperor(Service):
         self.next_check = 0.0
         self.ragnarok = 0.0  #: when the master's stop began (monotonic), 0 before
         self.pidfile: Pidfile | None = None
+        #: --emperor-stats, a service of its own (the registry runs it beside this one)
+        self.stats: EmperorStatsServer | None = None
         log.info("*** starting uWSGI Emperor ***")
 
     # -- the master's loop ------------------------------------------------------------------------
@@ -212,6 +215,8 @@ class Emperor(Service):
         if time.time() < allowed_at(self.blacklist.get(item.name)):
             return  # throttled: a later scan (or the respawn timer) tries again
         vassal = Vassal(item.name, item.cwd, str(scanner), item.mtime_ns)
+        vassal.born = item.mtime_ns / 1e9  # uWSGI's born: the file's time when the vassal was added
+        vassal.first_run = vassal.last_run = time.time()  # an on-demand vassal too, before it runs
         path = os.path.join(item.cwd, item.name)
         name = ondemand.socket_name(path, self.on_demand_extension, self.on_demand_directory)
         if name is None:
@@ -390,7 +395,9 @@ def build_emperor(config: Config, stop_mode: Callable[[], str]) -> Emperor | Non
     scanners = [Scanner(spec, cwd) for spec in config.emperor]
     emperor = Emperor(scanners, vassal_args(config), config, stop_mode)
     if config.emperor_stats is not None:
-        log.warning("[emperor] --emperor-stats is not implemented yet: ignored")
+        listener = bind_emperor_stats(config.emperor_stats, config.listen)
+        emperor.stats = EmperorStatsServer(listener, emperor, config.stats_http, config.stats_minified)
+        log.info("*** Emperor stats server enabled on %s fd: %d ***", listener.name, listener.fileno())
     if config.emperor_pidfile:
         emperor.pidfile = Pidfile(config.emperor_pidfile)
         emperor.pidfile.create(os.getpid())

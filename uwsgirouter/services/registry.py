@@ -69,4 +69,6 @@ def build_services(master: MasterView) -> list[Service]:
     if emperor := build_emperor(config, lambda: master.arbiter.stopping):
         master.rescan_hooks.append(emperor.rescan)
         services.append(emperor)
+        if emperor.stats is not None:
+            services.append(emperor.stats)
     return services
