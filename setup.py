@@ -35,6 +35,18 @@ COMPILED_MODULES = [
     "uwsgirouter/protocol/errors.py",
     "uwsgirouter/protocol/packet.py",
     "uwsgirouter/protocol/request.py",
+    "uwsgirouter/router/loop.py",
+    "uwsgirouter/router/peer.py",
+    "uwsgirouter/router/session.py",
+    "uwsgirouter/router/routing.py",
+    "uwsgirouter/router/core.py",
+    "uwsgirouter/router/nodes.py",
+    "uwsgirouter/router/postbuffer.py",
+    "uwsgirouter/router/responses.py",
+    "uwsgirouter/router/mappers/base.py",
+    "uwsgirouter/router/mappers/static.py",
+    "uwsgirouter/router/mappers/path.py",
+    "uwsgirouter/text.py",
 ]
 #: The shared library of the compiled code; inside the package, so that the editable install's finder maps it.
 GROUP_NAME = "uwsgirouter._compiled"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from uwsgirouter.ratelog import LogLimiter
-from uwsgirouter.router.loop import Handler, Settings, Timed
+from uwsgirouter.router.loop import Handler, Loop, Settings, Timed
 from uwsgirouter.router.mappers import Mapper, StaticMapper
 from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.router.routing import Routing
@@ -33,12 +33,11 @@ class Ended:
     started: float
 
 
-class FakeLoop:
-    """Implements ``loop.Loop``; ``step()`` delivers ready events, ``now`` is the test's clock."""
+class FakeLoop(Loop):
+    """A ``loop.Loop``; ``step()`` delivers ready events, ``now`` is the test's clock."""
 
     def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self.shutting_down = False
+        super().__init__(now)
         self.handlers: dict[int, Handler] = {}
         self.masks: dict[int, int] = {}
         self.ended: list[Ended] = []

@@ -9,6 +9,7 @@ second. It implements ``loop.Loop`` for the sessions and knows nothing of the pr
 
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
 import resource
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from uwsgirouter.ratelog import LogLimiter
-from uwsgirouter.router.loop import Handler, Settings, Timed
+from uwsgirouter.router.loop import Handler, Loop, Settings, Timed
 from uwsgirouter.router.routing import Routing
 from uwsgirouter.router.session import Session
 
@@ -63,7 +64,7 @@ def client_limit(budget: int) -> int:
     return max(1, budget - min(BACKEND_HEADROOM, budget // 4))
 
 
-class RouterLoop:
+class RouterLoop(Loop):
     """Accepts on the listeners, runs sessions, stops accepting at the session cap, drains on a stop."""
 
     def __init__(
@@ -76,6 +77,7 @@ class RouterLoop:
         mercy: float = 60.0,
         head_grace: float = 4.0,
     ) -> None:
+        super().__init__(time.monotonic())
         self.listeners = list(listeners)
         self.routing = routing
         self.settings = settings
@@ -99,22 +101,23 @@ class RouterLoop:
         self.descriptors = 0
         #: sessions whose backend socket could not be created (EMFILE), resumed as descriptors free up
         self.fd_waiters: deque[Callable[[], None]] = deque()
-        self.now = time.monotonic()
         self.accepting = False
         self.accept_paused_until = 0.0
         #: cheap mode: the router stops accepting while no node is live (a shared socket's app workers answer)
         self.is_cheap = False
         #: a retire (reload) or a graceful stop is under way: finish what is in hand, then leave
         self.stopping = False
-        #: a graceful stop: requests still arriving are answered 503
-        self.shutting_down = False
         #: leave at once
         self.exit_now = False
         self.stop_deadline = 0.0
         #: when a stopping loop stopped accepting for good
         self.door_closed_at = 0.0
-        #: told of every request that ended: its time and the bytes sent to the client (the master's stats)
-        self.on_request: Callable[[float, int], None] | None = None
+        #: requests served, with their total time in microseconds, uWSGI's running average of it and the bytes
+        #: sent to clients: the worker's heartbeat carries them to the master's stats
+        self.requests = 0
+        self.running_us = 0
+        self.avg_rt_us = 0
+        self.bytes_sent = 0
 
     def size_to(self, baseline_fds: int) -> None:
         """Size the descriptor budget once the process's own descriptors are open."""
@@ -149,8 +152,12 @@ class RouterLoop:
 
     def session_ended(self, session: Timed, request: bool, sent: int, started: float) -> None:
         self.sessions.discard(session)
-        if request and self.on_request is not None:  # for the master's stats (uwsgitop's REQ, TX, AVG)
-            self.on_request(self.now - started, sent)
+        if request:  # for the master's stats (uwsgitop's REQ, TX, AVG)
+            micros = max(0, int((self.now - started) * 1_000_000))
+            self.requests += 1
+            self.running_us += micros
+            self.avg_rt_us = (self.avg_rt_us + micros) // 2
+            self.bytes_sent += sent
         if not self.accepting:
             self._resume_accepting()
 
@@ -220,7 +227,8 @@ class RouterLoop:
             elif exc.errno not in _CLIENT_GONE:
                 raise
             return
-        client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+        # the C type: socket.socket's Python-level __init__ and close() cost more than the system calls
+        client = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
         session = Session(self, routing, self.settings, client)
         self.sessions.add(session)
         session.start()

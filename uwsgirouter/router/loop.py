@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+try:
+    from mypy_extensions import mypyc_attr as mypyc_attr
+except ImportError:  # a pure-Python install has no mypy_extensions, and needs nothing of it
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
 
 #: Called with the ready events (``select.EPOLL*`` bits) of the descriptor it watches.
 Handler = Callable[[int], None]
@@ -53,25 +61,33 @@ class Timed(Protocol):
     def timed_out(self) -> None: ...
 
 
-class Loop(Protocol):
-    """The router loop as a session sees it."""
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' fake loop is a Python subclass
+class Loop:
+    """The router loop as a session sees it. A base class rather than a Protocol: in the compiled build a session's
+    calls to the router's loop (a subclass) are then direct calls, not Python method lookups."""
 
-    #: monotonic time of the current wake-up (read once per wake-up, before any handler runs)
-    now: float
-    #: a graceful stop is under way: requests still arriving are answered 503
-    shutting_down: bool
+    def __init__(self, now: float = 0.0) -> None:
+        #: monotonic time of the current wake-up (read once per wake-up, before any handler runs)
+        self.now = now
+        #: a graceful stop is under way: requests still arriving are answered 503
+        self.shutting_down = False
 
     def register(self, fd: int, handler: Handler, mask: int) -> None:
         """Watch ``fd`` for ``mask`` and call ``handler`` with its ready events."""
+        raise NotImplementedError
 
     def modify(self, fd: int, mask: int) -> None:
         """Wait for ``mask`` on ``fd`` from now on (0: nothing)."""
+        raise NotImplementedError
 
     def unregister(self, fd: int) -> None:
         """Forget ``fd``, which the caller closes next (closing removes it from the kernel's epoll set)."""
+        raise NotImplementedError
 
     def wait_for_descriptor(self, session: Timed, resume: Callable[[], None]) -> None:
         """No descriptor was left for the session's backend: call ``resume`` once one is free."""
+        raise NotImplementedError
 
     def session_ended(self, session: Timed, request: bool, sent: int, started: float) -> None:
         """The session closed its client; ``request``: a whole head came in (it counts as a request)."""
+        raise NotImplementedError

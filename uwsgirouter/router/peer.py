@@ -8,6 +8,7 @@ accepted client: no extra ``fcntl``) never blocks the loop.
 
 from __future__ import annotations
 
+import _socket
 import socket
 from typing import Final
 
@@ -19,7 +20,7 @@ class Peer:
 
     __slots__ = ("eof", "failure", "fd", "mask", "out", "received", "sock", "written")
 
-    def __init__(self, sock: socket.socket, mask: int) -> None:
+    def __init__(self, sock: _socket.socket, mask: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         #: bytes for this peer that it did not take yet (sent in order before anything newer)

@@ -15,18 +15,14 @@ corerouter has it, with our additions (docs/differences.md):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.mappers import Mapper
 from uwsgirouter.router.nodes import Node
 
-
-class Choice(NamedTuple):
-    """The node to try (None: none left) and whether cheap mode found no live node (the router goes cheap)."""
-
-    node: Node | None
-    no_live_node: bool = False
+#: The node to try (None: none left) and whether cheap mode found no live node (the router then goes cheap). A plain
+#: tuple: a NamedTuple's constructor is Python code, even in the compiled build.
+Choice = tuple[Node | None, bool]
 
 
 def choose_node(
@@ -44,22 +40,22 @@ def choose_node(
     """The next node for ``key`` after the attempts in ``tried`` (see the module docstring for the order)."""
     attempts = len(tried)
     if attempts and attempts > max_retries:
-        return Choice(None)
+        return None, False
     if attempts and fallbacks:
         for node in fallbacks:
             if node not in tried:
-                return Choice(node)
-        return Choice(None)
+                return node, False
+        return None, False
     picked = mapper.pick(key, tried, now)
     if picked is not None:
-        return Choice(picked)
+        return picked, False
     if not attempts and fallback_on_no_key and fallbacks:
-        return Choice(fallbacks[0])
+        return fallbacks[0], False
     if broken is not None:
-        return Choice(broken)
+        return broken, False
     if cheap and not mapper.live_nodes():
-        return Choice(local if local is not None and local not in tried else None, True)
-    return Choice(None)
+        return (local if local is not None and local not in tried else None), True
+    return None, False
 
 
 class Routing:
@@ -104,7 +100,7 @@ class Routing:
         self.on_no_live_node = on_no_live_node
 
     def choose(self, key: bytes, tried: Sequence[Node], broken: Node | None, now: float) -> Node | None:
-        choice = choose_node(
+        node, no_live_node = choose_node(
             self.mapper,
             key,
             tried,
@@ -116,9 +112,9 @@ class Routing:
             self.cheap,
             self.local,
         )
-        if choice.no_live_node and self.on_no_live_node is not None:
+        if no_live_node and self.on_no_live_node is not None:
             self.on_no_live_node()
-        return choice.node
+        return node
 
     def is_self(self, node: Node) -> bool:
         """Whether connecting to ``node`` would reach this router (the local app in cheap mode is not)."""

@@ -20,6 +20,7 @@ CONNECTING and RELAY lead back to CONNECTING/RELAY when a node fails and the req
 
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
 import select
@@ -58,15 +59,18 @@ DONE: Final = 6
 STATE_NAMES: Final = ("HEAD", "BUFFERING", "WAITING", "CONNECTING", "RELAY", "CLOSING", "DONE")
 
 # events
-BUFFER: Final = "buffer"
-CONNECT_STARTED: Final = "connecting"
-CONNECTED: Final = "connected"
-NO_DESCRIPTOR: Final = "no_descriptor"
-CLOSE_AFTER_FLUSH: Final = "closing"
-CLOSE: Final = "close"
+BUFFER: Final = 0
+CONNECT_STARTED: Final = 1
+CONNECTED: Final = 2
+NO_DESCRIPTOR: Final = 3
+CLOSE_AFTER_FLUSH: Final = 4
+CLOSE: Final = 5
+EVENT_NAMES: Final = ("buffer", "connecting", "connected", "no_descriptor", "closing", "close")
+_EVENTS: Final = 6
 
 _ROUTING_STATES = (HEAD, BUFFERING, WAITING, CONNECTING, RELAY)
-TRANSITIONS: Final[dict[tuple[int, str], int]] = {
+#: (state, event) -> next state; what is not here is not a move the session makes.
+TRANSITIONS: Final[dict[tuple[int, int], int]] = {
     (HEAD, BUFFER): BUFFERING,
     **{(state, CONNECT_STARTED): CONNECTING for state in _ROUTING_STATES},
     **{(state, CONNECTED): RELAY for state in _ROUTING_STATES},
@@ -74,6 +78,11 @@ TRANSITIONS: Final[dict[tuple[int, str], int]] = {
     **{(state, CLOSE_AFTER_FLUSH): CLOSING for state in _ROUTING_STATES},
     **{(state, CLOSE): DONE for state in (*_ROUTING_STATES, CLOSING)},
 }
+#: The same table flat, indexed by ``state * _EVENTS + event`` (-1: no such move): a lookup without a
+#: key tuple to build, four times a request.
+_NEXT_STATE: Final = tuple(
+    TRANSITIONS.get((state, event), -1) for state in range(len(STATE_NAMES)) for event in range(_EVENTS)
+)
 
 
 class InvalidTransition(Exception):
@@ -98,8 +107,20 @@ SINK_FAILED: Final = -3
 _RESENDABLE = (b"GET", b"HEAD", b"OPTIONS")
 
 
+def _grow(buffer: bytes | bytearray, data: bytes) -> bytearray:
+    """``buffer`` with ``data`` appended. The session's rarely used buffers start as the shared ``b""`` (an idle
+    session stays small) and become a bytearray on their first append."""
+    if isinstance(buffer, bytearray):
+        buffer += data
+        return buffer
+    return bytearray(buffer) + data
+
+
 class Session:
     """One client connection and, once a node is chosen, the connection to it."""
+
+    #: the nodes tried so far, in order (set when the request is routed)
+    tried: list[Node]
 
     __slots__ = (
         "after_body",
@@ -123,7 +144,7 @@ class Session:
         "upload",
     )
 
-    def __init__(self, loop: Loop, routing: Routing, settings: Settings, sock: socket.socket) -> None:
+    def __init__(self, loop: Loop, routing: Routing, settings: Settings, sock: _socket.socket) -> None:
         self.loop = loop
         self.routing = routing
         self.settings = settings
@@ -134,13 +155,12 @@ class Session:
         self.head: RequestHead | None = None
         self.key = b""
         self.node: Node | None = None
-        self.tried: list[Node] = []
         #: client bytes for the node while there is no connection to it yet
-        self.upload = bytearray()
+        self.upload: bytes | bytearray = b""
         #: a post-buffered body, until it is all sent
         self.body: BodyBuffer | None = None
         #: client bytes that arrived after a post-buffered body
-        self.after_body = bytearray()
+        self.after_body: bytes | bytearray = b""
         #: bytes came from the node (no error page is possible any more)
         self.replied = False
         #: the request went to a second node after the first broke without answering
@@ -149,11 +169,11 @@ class Session:
         self.broken: Node | None = None
         self.last_active = self.started = loop.now
 
-    def _enter(self, event: str) -> None:
-        try:
-            self.state = TRANSITIONS[self.state, event]
-        except KeyError:
-            raise InvalidTransition(f"{event!r} in state {STATE_NAMES[self.state]}") from None
+    def _enter(self, event: int) -> None:
+        state = _NEXT_STATE[self.state * _EVENTS + event]
+        if state < 0:
+            raise InvalidTransition(f"{EVENT_NAMES[event]!r} in state {STATE_NAMES[self.state]}")
+        self.state = state
 
     def start(self) -> None:
         """Watch the client and read what it sent already (with deferred accept the head is usually here)."""
@@ -239,24 +259,32 @@ class Session:
         elif state == BUFFERING:
             self._feed_body(data)
         elif self.body is not None:
-            self.after_body += data
+            self.after_body = _grow(self.after_body, data)
         else:
-            self.upload += data
+            self.upload = _grow(self.upload, data)
 
     def _read_backend(self, events: int) -> None:
-        """Relay what the node sent. A short read means the socket is drained, unless the node also closed
-        (EPOLLRDHUP): then read on to its end, so that a short answer ends in one wake-up, without a read that
-        finds nothing."""
+        """Relay what the node sent. A short read means the socket is drained; if the node also closed (EPOLLRDHUP)
+        the answer is complete then, so that a short answer ends in one wake-up and one read."""
         backend = self.backend
         assert backend is not None
         client = self.client
+        closed = events & EPOLLRDHUP
         for _ in range(READS_PER_WAKEUP):
             moved = self._pump(backend, client)
             if moved > 0:
                 self.replied = True
-                if client.out or (moved < self.settings.read_size and not events & EPOLLRDHUP):
+                if moved < self.settings.read_size:
+                    if not closed:
+                        return  # drained; more may come
+                    # The node closed after what it sent (RDHUP), and a short read drained it: that was the end,
+                    # without the read that would return it.
+                    moved = 0
+                elif client.out:
                     return
-            elif moved == 0:
+                else:
+                    continue
+            if moved == 0:
                 if not self.replied:
                     self._backend_failed("closed the connection without answering")
                     return
@@ -304,7 +332,7 @@ class Session:
         body.close()
         self.body = None
         backend.out += self.after_body
-        self.after_body = bytearray()
+        self.after_body = b""
 
     # -- the head and the body --------------------------------------------------------------------
 
@@ -327,7 +355,7 @@ class Session:
             self._reply_error(exc.error_status_hint, "invalid uwsgi request")
             return
         if isinstance(rest, Body):
-            self.upload += rest.data
+            self.upload = _grow(self.upload, rest.data)
             rest = reader.next_event()
         if isinstance(rest, EndOfInput):
             self.client.eof = True
@@ -340,7 +368,7 @@ class Session:
                 return
             if length > 0:
                 self.body = BodyBuffer(length, self.settings.post_buffering, self.settings.post_buffering_dir)
-                early, self.upload = bytes(self.upload), bytearray()
+                early, self.upload = bytes(self.upload), b""
                 self._enter(BUFFER)
                 self._feed_body(early)
                 if self.state == BUFFERING and self.client.eof:
@@ -361,7 +389,7 @@ class Session:
         if not body.complete:
             return
         if body.spilled:
-            self.after_body += extra
+            self.after_body = _grow(self.after_body, extra)
         else:
             self.upload = body.memory + extra
             body.close()
@@ -375,6 +403,7 @@ class Session:
         assert head is not None
         self.last_active = self.loop.now  # from now on the timeout counts silence, not the head's deadline
         self.key = self.settings.force_key or routing_key(head.vars)
+        self.tried = []
         if self.loop.shutting_down:
             self._reply_error(503, "the router is shutting down")
         elif not self.key:
@@ -419,7 +448,8 @@ class Session:
     def _connect(self, node: Node) -> bool:
         """Start connecting to ``node``: True once that is under way (or the session waits or answered)."""
         try:
-            sock = socket.socket(node.family, _SOCK_FLAGS)
+            # the C type: socket.socket's Python-level __init__ and close() cost more than the system calls
+            sock = _socket.socket(node.family, _SOCK_FLAGS)
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 # Out of descriptors: wait for one (sessions end all the time) instead of failing.
@@ -467,7 +497,7 @@ class Session:
         if self.state != DONE:
             self._update_masks()
 
-    def _attach_backend(self, sock: socket.socket, mask: int) -> None:
+    def _attach_backend(self, sock: _socket.socket, mask: int) -> None:
         backend = self.backend = Peer(sock, mask)
         self.loop.register(backend.fd, self.on_backend, mask)
 
@@ -483,7 +513,7 @@ class Session:
         out[3] = node.modifier2
         if self.upload:
             out += self.upload
-            self.upload = bytearray()
+            self.upload = b""
         return bytes(out)
 
     def _connect_finished(self) -> None:

@@ -126,7 +126,6 @@ class RouterWorker(BaseWorker):
             head_grace=float(config.socket_timeout),
         )
         self.routing.on_no_live_node = self.loop.go_cheap
-        self.loop.on_request = self._request_done
 
     @property
     def sessions(self) -> set[Session]:
@@ -136,10 +135,6 @@ class RouterWorker(BaseWorker):
     @property
     def is_cheap(self) -> bool:
         return self.loop.is_cheap
-
-    def _request_done(self, seconds: float, sent: int) -> None:
-        self.requests_served += 1
-        self.counters.request_done(seconds, sent)
 
     # -- signals ----------------------------------------------------------------------------------
 
@@ -197,8 +192,11 @@ class RouterWorker(BaseWorker):
             self.exit_now = self.loop.exit_now = True
 
     def heartbeat(self) -> None:
-        self.counters.in_flight = len(self.loop.sessions)
-        self.counters.flags = CHEAP if self.loop.is_cheap else 0
+        loop, counters = self.loop, self.counters
+        self.requests_served = loop.requests
+        counters.running_us, counters.avg_rt_us, counters.tx = loop.running_us, loop.avg_rt_us, loop.bytes_sent
+        counters.in_flight = len(loop.sessions)
+        counters.flags = CHEAP if loop.is_cheap else 0
         super().heartbeat()
 
     # -- the stats server -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from uwsgirouter.router.loop import mypyc_attr
 from uwsgirouter.router.nodes import Node
 
 
@@ -18,6 +19,7 @@ class UnsafeKey(Exception):
     it."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests (and users' experiments) may subclass it in Python
 class Mapper:
     """Base: maps a key to a node, and hears how connecting to it went."""
 
