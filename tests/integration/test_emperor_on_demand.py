@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 
 from tests.integration.test_emperor import gone, vassal_ini
 from tests.support import (
+    APPS,
     ROUTER,
     UWSGI,
     VENV_BIN,
@@ -124,7 +127,8 @@ def test_a_killed_on_demand_vassal_waits_for_the_next_request(procs: ProcessMana
     assert uwsgi_request(("127.0.0.1", port), timeout=30).status == 200
     wait_until(lambda: "[emperor] vassal app.ini is now loyal" in master.log(), 15)
     (vassal,) = vassal_processes(master)
-    os.kill(vassal.pid, signal.SIGKILL)
+    for process in [*vassal.children(recursive=True), vassal]:  # the whole vassal crashes, workers too
+        os.kill(process.pid, signal.SIGKILL)
     wait_until(lambda: master.log().count(detected) == 2, 15, what="waiting again")
     assert vassal_processes(master) == []  # waits again, as uWSGI's Emperor re-adds it on demand
     assert uwsgi_request(("127.0.0.1", port), timeout=30).status == 200
@@ -157,3 +161,16 @@ def test_uwsgirouter_on_demand_vassal_under_real_uwsgi_emperor(procs: ProcessMan
     response = uwsgi_request(("127.0.0.1", port), timeout=30)
     assert response.status == 200 and response.body.startswith(b"instance=ours ")
     assert f"uwsgi socket 0 inherited INET address 127.0.0.1:{port} fd 0" in uwsgi_emperor.log()
+
+
+def test_skip_zero_declines_a_listening_socket_on_stdin() -> None:
+    """Without --skip-zero the socket on stdin is served (the tests above); with it, the instance has none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        app = ["--wsgi-file", str(APPS / "instance_app.py"), "--master"]
+        declined = subprocess.run(
+            [*ROUTER, *app, "--skip-zero"], stdin=listening.fileno(), capture_output=True, text=True, timeout=30
+        )
+    assert declined.returncode != 0 and "nothing to run" in declined.stderr
+    assert "inherited" not in declined.stderr

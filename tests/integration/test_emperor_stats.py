@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.integration.test_emperor import vassal_ini
@@ -91,6 +92,8 @@ def test_the_emperor_document_has_uwsgis_keys_types_and_values(procs: ProcessMan
         born = int((directory / "run.ini").stat().st_mtime)
         assert vassals["run.ini"]["born"] == vassals["run.ini"]["last_mod"] == born  # the file's time, as uWSGI
     assert ours["pid"] == master.pid
+    # uWSGI's Emperor works in the directory it watches; ours is the master, which stays where it was started
+    assert theirs["cwd"] == str(theirs_dir) and ours["cwd"] == psutil.Process(master.pid).cwd() != str(ours_dir)
     assert uwsgi_request(("127.0.0.1", lazy_port), timeout=30).status == 200  # woken: now it has a pid
     woken = wait_until(
         lambda: next(v for v in stats_json(("127.0.0.1", ours_stats))["vassals"] if v["id"] == "lazy.ini")["pid"] > 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from uwsgirouter.emperor.throttle import MAXIMUM, THROTTLING, after_death, allow
 from uwsgirouter.emperor.vassal import vassal_environ
 from uwsgirouter.errors import ConfigError
 from uwsgirouter.services.base import Lifecycle
+from uwsgirouter.sock import stdin_listener
 
 
 def test_throttle_waits_grow_by_one_step_per_death_then_halve_at_the_maximum() -> None:
@@ -159,3 +161,29 @@ def test_on_demand_bind_refuses_what_cannot_be_bound(tmp_path: Path) -> None:
     finally:
         listener.close()
     assert not (tmp_path / "app.sock").exists()
+
+
+@pytest.mark.parametrize("kind", ["listening", "connected"])
+def test_a_listening_socket_on_fd_0_is_taken_and_a_connected_one_left_alone(kind: str) -> None:
+    """An on-demand vassal's socket arrives as stdin; inetd's connected stdin is not a listener (uWSGI takes
+    any socket there)."""
+    saved = os.dup(0)
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    a, b = socket.socketpair()
+    try:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        os.dup2((listening if kind == "listening" else a).fileno(), 0)
+        found = stdin_listener()
+        if kind == "listening":
+            assert found is not None and found.name == f"127.0.0.1:{listening.getsockname()[1]}"
+            assert found.fileno() == 0 and not found.sock.getblocking()
+            found.sock.detach()
+        else:
+            assert found is None
+            os.fstat(0)  # still open
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        for sock in (listening, a, b):
+            sock.close()
