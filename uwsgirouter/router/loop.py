@@ -51,6 +51,9 @@ class Settings:
     force_key: bytes = b""
     #: --fastrouter-fallback-on-no-key: a key no mapper knows goes to the first fallback
     fallback_on_no_key: bool = False
+    #: relay long transfers with splice(2) (used only while ``high_water`` fits in a pipe: a larger
+    #: --fastrouter-buffer-size asks for that much buffering, which only the copy path gives)
+    splice: bool = True
 
 
 class Timed(Protocol):

@@ -4,21 +4,34 @@ Both sides are the same type, so relaying is one piece of code (``Session._pump`
 never raises for the ordinary cases: nothing to read yet is ``None``, a broken connection is ``None`` or ``False``
 with the reason in ``failure``. Every call passes ``MSG_DONTWAIT``, so a socket left blocking at the OS level (an
 accepted client: no extra ``fcntl``) never blocks the loop.
+
+A long transfer (a large body or answer) is relayed with ``splice(2)`` through a pipe that the receiving peer owns:
+the bytes go from one socket to the other inside the kernel, never copied through the router's memory. The pipe's
+bytes count as queued for that peer, behind its ``out`` (sent first, so the order holds).
 """
 
 from __future__ import annotations
 
 import _socket
+import os
 import socket
 from typing import Final
 
 _DONTWAIT: Final = socket.MSG_DONTWAIT
+_SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+#: A pipe's default capacity on Linux: what one peer may have in its pipe at most.
+PIPE_SIZE: Final = 1 << 16
+#: What ``splice_in`` returns besides a byte count (0 is the source's end of input), as ``Session._pump`` does.
+NOTHING: Final = -1
+SOURCE_FAILED: Final = -2
+SINK_FAILED: Final = -3
 
 
 class Peer:
     """A connected socket, what is queued for it, what the loop waits for on it, and whether its input ended."""
 
-    __slots__ = ("eof", "failure", "fd", "mask", "out", "received", "sock", "written")
+    __slots__ = ("eof", "failure", "fd", "full_reads", "mask", "out", "pipe_r", "pipe_w", "piped", "received", "sock",
+                 "written")  # fmt: skip
 
     def __init__(self, sock: _socket.socket, mask: int) -> None:
         self.sock = sock
@@ -33,6 +46,19 @@ class Peer:
         self.failure = ""
         self.received = 0
         self.written = 0
+        #: reads from this peer in a row that filled the read size (a long transfer: the other side splices)
+        self.full_reads = 0
+        #: the pipe bytes for this peer go through once it splices (-1: it does not)
+        self.pipe_r = self.pipe_w = -1
+        #: bytes in that pipe, queued for this peer after ``out``
+        self.piped = 0
+
+    def pending(self) -> bool:
+        """Whether bytes are queued for this peer (in ``out`` or in its pipe)."""
+        return bool(self.out) or self.piped > 0
+
+    def queued(self) -> int:
+        return len(self.out) + self.piped
 
     def read(self, size: int) -> bytes | None:
         """Up to ``size`` bytes, ``b""`` once the peer closed its side; ``None`` when there is nothing now or the
@@ -65,20 +91,67 @@ class Peer:
         return True
 
     def flush(self) -> bool:
-        """Send as much of the queue as the socket takes now; False if the connection broke."""
+        """Send as much of the queue as the socket takes now (``out`` first, then the pipe); False if it broke."""
         out = self.out
-        if not out:
-            return True
-        try:
-            sent = self.sock.send(out, _DONTWAIT)
-        except BlockingIOError:
-            return True
-        except OSError as exc:
-            self.failure = exc.strerror or "connection error"
-            return False
-        self.written += sent
-        del out[:sent]
+        if out:
+            try:
+                sent = self.sock.send(out, _DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                self.failure = exc.strerror or "connection error"
+                return False
+            self.written += sent
+            del out[:sent]
+            if out:
+                return True
+        if self.piped:
+            try:
+                sent = os.splice(self.pipe_r, self.fd, self.piped, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                self.failure = exc.strerror or "connection error"
+                return False
+            self.piped -= sent
+            self.written += sent
         return True
+
+    def start_splicing(self) -> bool:
+        """Take what is relayed to this peer through a pipe from now on; False (keep copying) if no pipe can be
+        had. The socket is made non-blocking at the OS level: splice(2) obeys the socket's own flag."""
+        try:
+            pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            os.set_blocking(self.fd, False)
+        except OSError:
+            os.close(pipe_r)
+            os.close(pipe_w)
+            return False
+        self.pipe_r, self.pipe_w = pipe_r, pipe_w
+        return True
+
+    def splice_in(self, source: Peer) -> int:
+        """Move what ``source`` has into this peer's pipe, and on toward this peer: bytes moved, 0 at the source's end
+        of input, or NOTHING / SOURCE_FAILED / SINK_FAILED."""
+        room = PIPE_SIZE - self.piped
+        if room <= 0:
+            return NOTHING
+        try:
+            moved = os.splice(source.fd, self.pipe_w, room, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return NOTHING
+        except OSError as exc:
+            source.failure = exc.strerror or "connection error"
+            return SOURCE_FAILED
+        if not moved:
+            source.eof = True
+            return 0
+        source.received += moved
+        self.piped += moved
+        return moved if self.flush() else SINK_FAILED
 
     def shutdown_write(self) -> None:
         """Pass an end of input on: the peer reads EOF, and may still answer."""
@@ -89,3 +162,7 @@ class Peer:
 
     def close(self) -> None:
         self.sock.close()
+        if self.pipe_r >= 0:
+            os.close(self.pipe_r)
+            os.close(self.pipe_w)
+            self.pipe_r = self.pipe_w = -1
