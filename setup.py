@@ -38,6 +38,7 @@ COMPILED_MODULES = [
     "uwsgirouter/router/loop.py",
     "uwsgirouter/router/peer.py",
     "uwsgirouter/router/session.py",
+    "uwsgirouter/router/states.py",
     "uwsgirouter/router/routing.py",
     "uwsgirouter/router/core.py",
     "uwsgirouter/router/nodes.py",

@@ -5,17 +5,7 @@ The session owns its two peers (``peer.py``) and talks to its loop through ``loo
 can do next. Backpressure: a side is not read while the other side holds ``high_water`` unsent bytes or more, so a
 session's memory stays bounded.
 
-States and the events that move between them (``TRANSITIONS``; any other move is a bug and raises)::
-
-    HEAD ──buffer──> BUFFERING            (post-buffering: the body is held before a node is chosen)
-    HEAD, BUFFERING, WAITING, CONNECTING, RELAY ──connecting──> CONNECTING  (a node's handshake is under way)
-    HEAD, BUFFERING, WAITING, CONNECTING, RELAY ──connected──> RELAY        (the head went out: relay both ways)
-    HEAD, BUFFERING, WAITING, CONNECTING, RELAY ──no_descriptor──> WAITING  (no descriptor left for the node)
-    HEAD, BUFFERING, WAITING, CONNECTING, RELAY ──closing──> CLOSING        (an error page or the rest of the
-                                                                            answer is flushed, then the end)
-    any but DONE ──close──> DONE
-
-CONNECTING and RELAY lead back to CONNECTING/RELAY when a node fails and the request goes to the next one.
+Its states and the moves between them are in ``states.py``.
 """
 
 from __future__ import annotations
@@ -45,49 +35,42 @@ from uwsgirouter.router.peer import NOTHING, PIPE_SIZE, SINK_FAILED, SOURCE_FAIL
 from uwsgirouter.router.postbuffer import BodyBuffer
 from uwsgirouter.router.responses import error_response
 from uwsgirouter.router.routing import Routing
+from uwsgirouter.router.states import (
+    BUFFER,
+    BUFFERING,
+    CLOSE,
+    CLOSE_AFTER_FLUSH,
+    CLOSING,
+    CONNECT_STARTED,
+    CONNECTED,
+    CONNECTING,
+    DONE,
+    HEAD,
+    NO_DESCRIPTOR,
+    RELAY,
+    TRANSITIONS,
+    WAITING,
+    InvalidTransition,
+    next_state,
+)
 from uwsgirouter.text import printable
 
+#: the state machine's names, importable from here too (tests and the loop read states off a session)
+__all__ = [
+    "BUFFERING",
+    "CLOSE",
+    "CLOSING",
+    "CONNECTING",
+    "DONE",
+    "HEAD",
+    "RELAY",
+    "TRANSITIONS",
+    "WAITING",
+    "InvalidTransition",
+    "Session",
+]
+
 log = logging.getLogger("uwsgirouter.router")
-
-HEAD: Final = 0
-BUFFERING: Final = 1
-WAITING: Final = 2
-CONNECTING: Final = 3
-RELAY: Final = 4
-CLOSING: Final = 5
-DONE: Final = 6
-STATE_NAMES: Final = ("HEAD", "BUFFERING", "WAITING", "CONNECTING", "RELAY", "CLOSING", "DONE")
-
-# events
-BUFFER: Final = 0
-CONNECT_STARTED: Final = 1
-CONNECTED: Final = 2
-NO_DESCRIPTOR: Final = 3
-CLOSE_AFTER_FLUSH: Final = 4
-CLOSE: Final = 5
-EVENT_NAMES: Final = ("buffer", "connecting", "connected", "no_descriptor", "closing", "close")
-_EVENTS: Final = 6
-
-_ROUTING_STATES = (HEAD, BUFFERING, WAITING, CONNECTING, RELAY)
-#: (state, event) -> next state; what is not here is not a move the session makes.
-TRANSITIONS: Final[dict[tuple[int, int], int]] = {
-    (HEAD, BUFFER): BUFFERING,
-    **{(state, CONNECT_STARTED): CONNECTING for state in _ROUTING_STATES},
-    **{(state, CONNECTED): RELAY for state in _ROUTING_STATES},
-    **{(state, NO_DESCRIPTOR): WAITING for state in _ROUTING_STATES},
-    **{(state, CLOSE_AFTER_FLUSH): CLOSING for state in _ROUTING_STATES},
-    **{(state, CLOSE): DONE for state in (*_ROUTING_STATES, CLOSING)},
-}
-#: The same table flat, indexed by ``state * _EVENTS + event`` (-1: no such move): a lookup without a
-#: key tuple to build, four times a request.
-_NEXT_STATE: Final = tuple(
-    TRANSITIONS.get((state, event), -1) for state in range(len(STATE_NAMES)) for event in range(_EVENTS)
-)
-
-
-class InvalidTransition(Exception):
-    """A session was asked to make a move its state machine does not have (a bug, never the peer's doing)."""
-
 
 EPOLLIN: Final = select.EPOLLIN
 EPOLLOUT: Final = select.EPOLLOUT
@@ -169,10 +152,7 @@ class Session:
         self.last_active = self.started = loop.now
 
     def _enter(self, event: int) -> None:
-        state = _NEXT_STATE[self.state * _EVENTS + event]
-        if state < 0:
-            raise InvalidTransition(f"{EVENT_NAMES[event]!r} in state {STATE_NAMES[self.state]}")
-        self.state = state
+        self.state = next_state(self.state, event)
 
     def start(self) -> None:
         """Watch the client and read what it sent already (with deferred accept the head is usually here)."""
