@@ -45,7 +45,9 @@ class RouterOptions:
     fastrouter_buffer_size = Scalar(
         integer(512, 16 * 1024 * 1024, "BYTES"),
         4096,
-        help="Size of one read when relaying; the per-direction backlog is bounded by a small multiple of it.",
+        help="Bytes one side of a session may hold unsent before the other side is no longer read (the "
+        "backpressure mark; relaying itself reads 64 KiB at a time). Above 64 KiB long transfers are copied "
+        "through the router instead of spliced, to buffer that much.",
     )
     fastrouter_use_base: Scalar[str | None] = Scalar(
         PATH,
