@@ -174,6 +174,7 @@ def test_an_unlimited_descriptor_limit_gives_a_huge_budget(monkeypatch: pytest.M
 def test_clients_leave_headroom_for_backends() -> None:
     assert client_limit(10_000) == 10_000 - BACKEND_HEADROOM
     assert client_limit(400) == 300, "a quarter of a small budget"
+    assert client_limit(401) == 301 and isinstance(client_limit(401), int)
     assert client_limit(1) == 1
     assert client_limit(0) == 1
 
@@ -277,15 +278,74 @@ def serve_one_request(listener: socket.socket, node: Backend) -> bytes:
 def test_the_request_counters_keep_uwsgis_running_average(listener: socket.socket, node: Backend) -> None:
     loop = armed(make_loop(listener, static_routing(node.node)), listener)
     loop.now = 100.0
-    loop.session_ended(object(), True, 10, 99.0)  # type: ignore[arg-type]
-    loop.session_ended(object(), True, 5, 99.5)  # type: ignore[arg-type]
-    loop.session_ended(object(), False, 7, 0.0)  # type: ignore[arg-type]
+    loop.session_ended(object(), True, 10, 100.0 - 0.000003)  # type: ignore[arg-type]  # 3 us
+    assert (loop.requests, loop.running_us, loop.avg_rt_us, loop.bytes_sent) == (1, 3, 1, 10)
+    loop.session_ended(object(), True, 5, 99.0)  # type: ignore[arg-type]  # 1 s
+    assert (loop.requests, loop.running_us, loop.avg_rt_us) == (2, 1_000_003, 500_000)
+    assert isinstance(loop.avg_rt_us, int)
+    loop.session_ended(object(), False, 7, 0.0)  # type: ignore[arg-type]  # no request: not counted
     loop.session_ended(object(), True, 1, 200.0)  # type: ignore[arg-type]  # a clock step back counts as 0
-    assert loop.requests == 3
-    assert loop.running_us == 1_500_000
-    assert loop.avg_rt_us == ((1_000_000 // 2 + 500_000) // 2) // 2
-    assert loop.bytes_sent == 16
+    assert (loop.requests, loop.running_us, loop.avg_rt_us, loop.bytes_sent) == (3, 1_000_003, 250_000, 16)
     loop.close()
+
+
+def test_a_new_loop_has_uwsgis_defaults(listener: socket.socket, node: Backend) -> None:
+    loop = make_loop(listener, static_routing(node.node))
+    assert (loop.mercy, loop.head_grace) == (60.0, 4.0)
+    assert loop.max_sessions == loop.fd_limit == loop.fd_budget == 1 << 30, "no limit until size_to"
+    assert (loop.requests, loop.running_us, loop.avg_rt_us, loop.bytes_sent) == (0, 0, 0, 0)
+    assert not (loop.accepting or loop.is_cheap or loop.stopping or loop.shutting_down or loop.exit_now)
+    assert make_loop(listener, static_routing(node.node), max_sessions=7).max_sessions == 7
+    loop.close()
+
+
+def test_a_loop_at_its_limit_says_so_once_a_second(
+    listener: socket.socket, node: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "uwsgirouter.router")
+    loop = armed(make_loop(listener, static_routing(node.node), max_sessions=1), listener)
+    first = client_of(listener, GET[:3])
+    loop_acceptor(loop, listener)()
+    second = client_of(listener, GET[:3])
+    for _ in range(3):
+        loop_acceptor(loop, listener)()
+    assert messages(caplog).count("1 sessions (--fastrouter-events): not accepting until one ends") == 1
+    loop.close()
+    first.close()
+    second.close()
+
+
+def test_an_accept_without_descriptors_pauses_and_the_loop_resumes_by_itself(
+    listener: socket.socket, node: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "uwsgirouter.router")
+    loop = make_loop(listener, static_routing(node.node))
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(5)
+    running = Running(loop)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    probe = os.dup(0)
+    os.close(probe)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))  # not even the client's descriptor
+        try:
+            client.connect(listener.getsockname())
+            client.sendall(GET)
+            wait_until(
+                lambda: "cannot accept a connection: Too many open files; pausing accepts briefly" in messages(caplog),
+                5,
+            )
+            assert not loop.sessions
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        conn = node.accept()  # accepted once the pause is over, with no other event
+        recv_exactly(conn, len(GET))
+        conn.sendall(ANSWER)
+        conn.close()
+        assert read_all(client) == ANSWER
+    finally:
+        running.stop()
+        client.close()
 
 
 def test_a_silent_client_is_closed_by_the_sweep(listener: socket.socket, node: Backend) -> None:
@@ -313,6 +373,9 @@ def test_the_sweep_times_out_only_sessions_idle_for_the_timeout(listener: socket
     new = client_of(listener, GET[:3])
     accept()
     assert len(loop.sessions) == 2
+    loop.now = 1010.0
+    loop.sweep()
+    assert len(loop.sessions) == 2, "idle for exactly the timeout: not yet"
     loop.now = 1010.5
     loop.sweep()
     assert len(loop.sessions) == 1
@@ -552,6 +615,21 @@ def test_a_cheap_router_looks_at_the_table_before_it_accepts(
     assert messages(caplog).count("no more nodes available. Going cheap...") == 2, "once per going cheap"
     loop.close()
     client.close()
+
+
+def test_a_router_with_live_nodes_stays_out_of_cheap_mode(
+    listener: socket.socket, node: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "uwsgirouter.router")
+    loop = make_loop(listener, routing_for(LiveMapper([node.node], live=1), cheap=True))
+    running = Running(loop)
+    try:
+        assert serve_one_request(listener, node) == ANSWER
+        loop.check_cheap()
+        assert not loop.is_cheap and loop.accepting
+    finally:
+        running.stop()
+    assert not [m for m in messages(caplog) if "cheap" in m]
 
 
 def test_a_stopping_router_does_not_go_cheap(listener: socket.socket, node: Backend) -> None:

@@ -66,8 +66,8 @@ def test_zero_retries_still_allows_the_first_attempt() -> None:
 
 def test_after_a_failure_the_fallbacks_are_tried_in_order_and_the_mapper_is_not_asked() -> None:
     mapper = FakeMapper([A, B])
-    assert choose_node(mapper, KEY, [A], None, 0, fallbacks=(F1, F2))[0] is F1
-    assert choose_node(mapper, KEY, [A, F1], None, 0, fallbacks=(F1, F2))[0] is F2
+    assert choose_node(mapper, KEY, [A], None, 0, fallbacks=(F1, F2)) == (F1, False)
+    assert choose_node(mapper, KEY, [A, F1], None, 0, fallbacks=(F1, F2)) == (F2, False)
     assert choose_node(mapper, KEY, [A, F1, F2], None, 0, fallbacks=(F1, F2)) == (None, False)
     assert mapper.asked == []
 
@@ -78,7 +78,7 @@ def test_the_first_attempt_ignores_the_fallbacks_when_the_mapper_picks() -> None
 
 def test_no_pick_on_the_first_attempt_goes_to_the_first_fallback_only_with_fallback_on_no_key() -> None:
     mapper = FakeMapper([])
-    assert choose_node(mapper, KEY, [], None, 0, fallbacks=(F1, F2), fallback_on_no_key=True)[0] is F1
+    assert choose_node(mapper, KEY, [], None, 0, fallbacks=(F1, F2), fallback_on_no_key=True) == (F1, False)
     assert choose_node(mapper, KEY, [], None, 0, fallbacks=(F1, F2)) == (None, False)
     assert choose_node(mapper, KEY, [], None, 0, fallback_on_no_key=True) == (None, False)
 
@@ -154,3 +154,9 @@ def test_a_node_with_one_of_the_routers_own_addresses_is_itself_unless_it_is_the
     assert routing.is_self(local) is False
     assert routing.is_self(Node("other", socket.AF_INET, ("127.0.0.1", 3032))) is False
     assert Routing(FakeMapper(), notes()).is_self(own) is False
+
+
+def test_choose_node_allows_three_retries_by_default() -> None:
+    nodes = [node(str(n)) for n in range(6)]
+    assert choose_node(FakeMapper(nodes), KEY, nodes[:3], None, 0) == (nodes[3], False)
+    assert choose_node(FakeMapper(nodes), KEY, nodes[:4], None, 0) == (None, False)

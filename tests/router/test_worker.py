@@ -100,7 +100,8 @@ class Worker:
     def close(self) -> None:
         if self.thread is not None and self.thread.is_alive():
             self.signal(signal.SIGINT)
-            self.join()
+        if self.thread is not None:
+            self.join()  # raises what ended the thread, if anything did
         for fd in (self.worker._wakeup_r, self.worker._wakeup_w):
             if fd >= 0:
                 os.close(fd)
@@ -491,6 +492,8 @@ class FakeRouter:
 
 def test_the_document_names_the_listeners_counts_sessions_and_says_cheap(node: Backend) -> None:
     router = FakeRouter(3, StaticMapper([node.node], 30))
+    assert stats_document(router, ["a"])["cheap"] == 0
+    assert json.loads(render(router, ["a"], cheap=True))["cheap"] == 1
     doc = stats_document(router, ["a", "b"], cheap=True)
     assert doc["active_sessions"] == 3 and doc["fastrouter"] == ["a", "b"] and doc["cheap"] == 1
     assert [n["name"] for n in doc["static_nodes"]] == [node.node.name]
@@ -505,3 +508,75 @@ def test_the_document_names_the_listeners_counts_sessions_and_says_cheap(node: B
 
 def test_config_type_is_what_the_worker_takes() -> None:
     assert isinstance(load_config([], {}), Config)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "::1"])
+def test_a_wildcard_or_loopback_listener_is_reached_through_every_local_address(host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        pytest.skip("no IPv6")
+    try:
+        try:
+            sock.bind((host, 0))
+        except OSError:
+            pytest.skip(f"cannot bind {host}")
+        port = sock.getsockname()[1]
+        assert own_addresses([Listener(sock, "x")]) == {
+            ("0.0.0.0", port),
+            ("127.0.0.1", port),
+            ("::", port),
+            ("::1", port),
+        }
+    finally:
+        sock.close()
+
+
+def test_a_worker_is_number_one_with_its_configuration(tmp_path: Path, node: Backend, rlimit: None) -> None:
+    router = unix_listener(tmp_path / "router.sock")
+    config = load_config([], {})
+    try:
+        worker = RouterWorker(config, [router], StaticMapper([node.node], 30))
+        assert worker.number == 1 and worker.config is config
+        assert worker.loop.notes is worker.notes and worker.routing.notes is worker.notes
+        assert worker.notes.logger.name == "uwsgirouter.router"
+        worker.loop.close()
+    finally:
+        router.close()
+
+
+def test_a_worker_logs_what_its_sessions_report(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "uwsgirouter.router")
+    running = make()
+    running.start()
+    with client_of(running.router, uwsgi_packet(request_vars(host="", SERVER_NAME=""))) as client:
+        assert read_all(client).startswith(b"HTTP/1.1 502 Bad Gateway")
+    assert "request without a key (UWSGI_FASTROUTER_KEY, HTTP_HOST or SERVER_NAME): answered 502" in messages(caplog)
+
+
+def test_a_cheap_worker_says_so_in_its_stats(make: Any) -> None:
+    running = make()
+    running.worker.loop.is_cheap = True
+    running.start()
+    assert json.loads(stats_of(running))["cheap"] == 1
+
+
+def test_a_served_stats_client_is_forgotten_and_the_wake_up_pipe_drained(make: Any) -> None:
+    running = make()
+    running.start()
+    stats_of(running)
+    wait_until(lambda: not running.worker.stats_clients, 5)
+    watched = {running.worker._wakeup_r, running.stats.fileno(), running.router.fileno()}
+    assert set(running.worker.loop.handlers) == watched, "the stats client's descriptor is forgotten"
+    running.worker.wake()
+    running.worker.wake()
+
+    def drained() -> bool:
+        try:
+            os.read(running.worker._wakeup_r, 1)
+        except BlockingIOError:
+            return True
+        return False
+
+    wait_until(drained, 5)
