@@ -526,3 +526,24 @@ def test_an_error_page_the_client_cannot_take_at_once_is_flushed_later(loop: Fak
     assert got[filler:].startswith(b"HTTP/1.1 503 Service Unavailable")
     assert session.state == DONE
     client.close()
+
+
+@pytest.mark.parametrize("when", ["with the head", "after the head"])
+def test_a_get_whose_node_took_bytes_after_its_head_is_not_resent(
+    loop: FakeLoop, node: Backend, nodes: Callable[[str], Backend], when: str
+) -> None:
+    """Sent again, the request would reach the next node without them (a body without CONTENT_LENGTH)."""
+    second = nodes("second.sock")
+    session, client = open_session(loop, static_routing(node.node, second.node))
+    client.sendall(GET + b"body bytes" if when == "with the head" else GET)
+    loop.step(0.3)
+    conn = node.accept()
+    if when == "after the head":
+        assert recv_exactly(conn, len(GET)) == GET
+        client.sendall(b"body bytes")
+    assert recv_stepping(conn, len(GET) + 10 if when == "with the head" else 10, loop).endswith(b"body bytes")
+    conn.close()  # breaks without answering
+    answer = read_to_end(client, loop)
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway")
+    assert not session.resent and second.node.stats.hits == 0
+    client.close()

@@ -589,8 +589,8 @@ class Session:
         backend = self.backend
         if head is None or self.body is not None or self.after_body or self.upload:
             return False
-        if backend is not None and backend.pending():
-            return False
+        if backend is not None and (backend.pending() or backend.written > len(head.raw)):
+            return False  # bytes the node did not take, or took after the head (a body without CONTENT_LENGTH)
         if head.get(b"REQUEST_METHOD") not in _RESENDABLE:
             return False
         length = head.get(b"CONTENT_LENGTH")
