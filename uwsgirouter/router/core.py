@@ -98,6 +98,9 @@ class RouterLoop(Loop):
         #: descriptors clients and backends may use at all (``size_to``)
         self.fd_budget = 1 << 30
         self.ep = select.epoll()
+        # bound once: the per-request calls skip the method lookup
+        self._ep_register: Callable[[int, int], None] = self.ep.register
+        self._ep_modify: Callable[[int, int], None] = self.ep.modify
         self.handlers: dict[int, Handler] = {}
         self.sessions: set[Session] = set()
         #: client and backend descriptors registered by sessions
@@ -133,11 +136,11 @@ class RouterLoop(Loop):
 
     def register(self, fd: int, handler: Handler, mask: int) -> None:
         self.handlers[fd] = handler
-        self.ep.register(fd, mask)
+        self._ep_register(fd, mask)
         self.descriptors += 1
 
     def modify(self, fd: int, mask: int) -> None:
-        self.ep.modify(fd, mask)
+        self._ep_modify(fd, mask)
 
     def unregister(self, fd: int) -> None:
         del self.handlers[fd]

@@ -30,12 +30,15 @@ SINK_FAILED: Final = -3
 class Peer:
     """A connected socket, what is queued for it, what the loop waits for on it, and whether its input ended."""
 
-    __slots__ = ("eof", "failure", "fd", "full_reads", "mask", "out", "pipe_r", "pipe_w", "piped", "received", "sock",
-                 "written")  # fmt: skip
+    __slots__ = ("eof", "failure", "fd", "full_reads", "mask", "nonblocking", "out", "pipe_r", "pipe_w", "piped",
+                 "received", "sock", "written")  # fmt: skip
 
-    def __init__(self, sock: _socket.socket, mask: int) -> None:
+    def __init__(self, sock: _socket.socket, mask: int, nonblocking: bool = False) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        #: the socket is non-blocking at the OS level (a node's: SOCK_NONBLOCK), so plain read(2)/write(2) do,
+        #: through os.read/os.write, which Python calls more cheaply than the socket's recv/send methods
+        self.nonblocking = nonblocking
         #: bytes for this peer that it did not take yet (sent in order before anything newer)
         self.out = bytearray()
         #: the events the loop waits for on this socket now
@@ -64,7 +67,7 @@ class Peer:
         """Up to ``size`` bytes, ``b""`` once the peer closed its side; ``None`` when there is nothing now or the
         connection broke (then ``failure`` says why)."""
         try:
-            data = self.sock.recv(size, _DONTWAIT)
+            data = os.read(self.fd, size) if self.nonblocking else self.sock.recv(size, _DONTWAIT)
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -79,7 +82,7 @@ class Peer:
             self.out += data
             return True
         try:
-            sent = self.sock.send(data, _DONTWAIT)
+            sent = os.write(self.fd, data) if self.nonblocking else self.sock.send(data, _DONTWAIT)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -95,7 +98,7 @@ class Peer:
         out = self.out
         if out:
             try:
-                sent = self.sock.send(out, _DONTWAIT)
+                sent = os.write(self.fd, out) if self.nonblocking else self.sock.send(out, _DONTWAIT)
             except BlockingIOError:
                 return True
             except OSError as exc:

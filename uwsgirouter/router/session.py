@@ -491,7 +491,7 @@ class Session:
             self._update_masks()
 
     def _attach_backend(self, sock: _socket.socket, mask: int) -> None:
-        backend = self.backend = Peer(sock, mask)
+        backend = self.backend = Peer(sock, mask, nonblocking=True)
         self.loop.register(backend.fd, self.on_backend, mask)
 
     def _head_for(self, node: Node) -> bytes:
