@@ -23,6 +23,7 @@ from tests.router.fakeloop import Backend, routing_for, static_routing
 from tests.support import recv_exactly, request_vars, uwsgi_packet
 from tools.harness import wait_until
 from uwsgirouter.router.core import (
+    ACCEPT_BURST,
     ACCEPT_PAUSE_S,
     BACKEND_HEADROOM,
     SPARE_FDS,
@@ -798,5 +799,109 @@ def test_watch_and_forget_do_not_count_against_the_budget(listener: socket.socke
     loop.forget(r)  # twice is no error
     assert r not in loop.handlers
     loop.close()
+    os.close(r)
+    os.close(w)
+
+
+# -- accepting in bursts, and what the kernel is asked to watch ------------------------------------------------------
+
+
+def test_a_quiet_wake_up_takes_one_connection_and_a_busy_one_a_burst(listener: socket.socket, node: Backend) -> None:
+    loop = armed(make_loop(listener, static_routing(node.node)), listener)
+    clients = [client_of(listener, GET[:3]) for _ in range(ACCEPT_BURST + 4)]
+    try:
+        assert not loop.busy
+        loop_acceptor(loop, listener)()
+        assert len(loop.sessions) == 1, "the readiness event promised one"
+        loop.busy = True
+        loop_acceptor(loop, listener)()
+        assert len(loop.sessions) == 1 + ACCEPT_BURST
+        loop_acceptor(loop, listener)()
+        assert len(loop.sessions) == len(clients), "the rest; the queue is then empty, without an error"
+    finally:
+        loop.close()
+        for client in clients:
+            client.close()
+
+
+def test_a_client_gone_before_its_accept_does_not_end_the_burst(listener: socket.socket, node: Backend) -> None:
+    loop = armed(make_loop(listener, static_routing(node.node)), listener)
+    loop.busy = True
+    clients = [client_of(listener, GET[:3]) for _ in range(2)]
+    calls = 0
+
+    def accept() -> tuple[int, object]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
+        return listener._accept()  # type: ignore[attr-defined,no-any-return]
+
+    loop.accept(accept, listener.family)
+    assert len(loop.sessions) == 2
+    loop.close()
+    for client in clients:
+        client.close()
+
+
+def test_the_loop_knows_a_busy_wake_up_from_a_quiet_one(listener: socket.socket, node: Backend) -> None:
+    loop = make_loop(listener, static_routing(node.node))
+    pipes = [os.pipe() for _ in range(2)]
+    seen: list[bool] = []
+
+    def reader(fd: int) -> Callable[[int], None]:
+        def on_ready(events: int) -> None:
+            seen.append(loop.busy)
+            os.read(fd, 16)
+
+        return on_ready
+
+    for r, _ in pipes:
+        loop.watch(r, reader(r))
+    for _, w in pipes:
+        os.write(w, b"x")  # both ready at the first wake-up
+    running = Running(loop)
+    try:
+        wait_until(lambda: len(seen) == 2, 5)
+        assert seen == [True, True], "two events: busy"
+        os.write(pipes[0][1], b"x")
+        wait_until(lambda: len(seen) == 3, 5)
+        assert seen[2] is False, "one event: quiet"
+    finally:
+        running.stop()
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
+def watched_masks(loop: RouterLoop) -> dict[int, int]:
+    """What the kernel's epoll set watches, from /proc: descriptor -> event mask."""
+    masks = {}
+    for line in Path(f"/proc/self/fdinfo/{loop.ep.fileno()}").read_text().splitlines():
+        if line.startswith("tfd:"):
+            fields = line.split()
+            masks[int(fields[1])] = int(fields[3], 16) & ~(select.EPOLLERR | select.EPOLLHUP)  # always reported
+    return masks
+
+
+def test_the_kernel_watches_what_the_sessions_and_the_process_asked_for(listener: socket.socket, node: Backend) -> None:
+    loop = armed(make_loop(listener, static_routing(node.node)), listener)
+    r, w = os.pipe()
+    loop.watch(r, lambda events: None, select.EPOLLOUT)
+    client = client_of(listener, GET)
+    loop_acceptor(loop, listener)()
+    (session,) = loop.sessions
+    backend = session.backend
+    assert backend is not None
+    masks = watched_masks(loop)
+    assert masks[r] == select.EPOLLOUT
+    assert masks[listener.fileno()] == select.EPOLLIN
+    assert masks[session.client.fd] == select.EPOLLIN
+    assert masks[backend.fd] == select.EPOLLIN | select.EPOLLRDHUP
+    client.shutdown(socket.SHUT_WR)
+    poll_once(loop)
+    assert watched_masks(loop)[session.client.fd] == 0, "a client at its end of input is not read"
+    loop.close()
+    client.close()
     os.close(r)
     os.close(w)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,21 @@ def test_a_spilled_body_that_hits_a_file_size_limit_fails_the_feed_that_hit_it(t
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
         body.close()
+
+
+def test_the_loop_interface_starts_its_clock_at_zero_and_leaves_the_work_to_the_loop() -> None:
+    from uwsgirouter.router.loop import Loop
+
+    base = Loop()
+    assert base.now == 0.0 and base.shutting_down is False
+    assert Loop(5.0).now == 5.0
+    calls: list[Callable[[], None]] = [
+        lambda: base.register(0, lambda events: None, 0),
+        lambda: base.modify(0, 0),
+        lambda: base.unregister(0),
+        lambda: base.wait_for_descriptor(None, lambda: None),  # type: ignore[arg-type]
+        lambda: base.session_ended(None, False, 0, 0.0),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(NotImplementedError):
+            call()

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import select
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.router.conftest import read_to_end, send_stepping
 from tests.router.fakeloop import Backend, FakeLoop, backend, open_session, static_routing
 from tests.support import parse_vars, recv_exactly, request_vars, uwsgi_packet
 from uwsgirouter.router import session as session_module
@@ -31,51 +31,6 @@ from uwsgirouter.router.session import (
 
 GET = uwsgi_packet(request_vars(host="example.com", path="/x"))
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-@pytest.fixture
-def loop() -> Iterator[FakeLoop]:
-    fake = FakeLoop()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Backend]:
-    played = backend(tmp_path)
-    yield played
-    played.close()
-
-
-def read_to_end(sock: socket.socket, loop: FakeLoop) -> bytes:
-    """Everything the client gets until the router closes, stepping the loop meanwhile."""
-    sock.setblocking(False)
-    data = bytearray()
-    for _ in range(2000):
-        loop.step(0.005)
-        try:
-            chunk = sock.recv(65536)
-        except BlockingIOError:
-            continue
-        if not chunk:
-            return bytes(data)
-        data += chunk
-    raise AssertionError(f"the router did not close the client connection; got {bytes(data)!r}")
-
-
-def send_stepping(sock: socket.socket, data: bytes, loop: FakeLoop) -> None:
-    """Send all of ``data`` while the loop runs (a socket pair's buffer is smaller than a large body)."""
-    sock.setblocking(False)
-    view = memoryview(data)
-    for _ in range(10000):
-        if not view:
-            return
-        try:
-            view = view[sock.send(view) :]
-        except BlockingIOError:
-            pass
-        loop.step(0.001)
-    raise AssertionError("the router did not take the data")
 
 
 def test_a_get_is_relayed_both_ways_and_the_session_ends_cleanly(loop: FakeLoop, node: Backend) -> None:

@@ -335,3 +335,42 @@ def test_an_upload_spliced_while_the_node_lags_keeps_the_client_waiting(loop: Fa
     conn.close()
     client.close()
     session.close()
+
+
+def test_a_direction_splices_from_its_second_full_read_in_a_row(loop: FakeLoop, node: Backend) -> None:
+    settings = Settings(read_size=1000)
+    session, client = open_session(loop, static_routing(node.node), settings)
+    client.sendall(GET)
+    loop.step(0.3)
+    conn = node.accept()
+    recv_exactly(conn, len(GET))
+
+    def answer(size: int) -> None:
+        conn.sendall(b"a" * size)
+        loop.run_until(lambda: session.client.written + session.client.queued() == total + size)
+
+    total = 0
+    for size, spliced in ((1000, False), (500, False), (1000, False), (1000, True)):
+        answer(size)
+        total += size
+        assert (session.client.pipe_w >= 0) is spliced, f"after {total} bytes"
+    assert recv_stepping(client, total, loop) == b"a" * total
+    conn.close()
+    client.close()
+    session.close()
+
+
+def test_a_buffer_size_of_exactly_a_pipe_still_splices(loop: FakeLoop, node: Backend) -> None:
+    session, client = open_session(loop, static_routing(node.node), Settings(high_water=PIPE_SIZE, read_size=1000))
+    client.sendall(GET)
+    loop.step(0.3)
+    conn = node.accept()
+    recv_exactly(conn, len(GET))
+    for _ in range(2):
+        conn.sendall(b"b" * 1000)
+        loop.step(0.3)
+    assert session.client.pipe_w >= 0
+    assert recv_stepping(client, 2000, loop) == b"b" * 2000
+    conn.close()
+    client.close()
+    session.close()
