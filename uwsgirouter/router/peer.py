@@ -76,19 +76,26 @@ class Peer:
         self.received += len(data)
         return data
 
+    def _send(self, data: bytes | bytearray) -> int:
+        """Bytes the socket took now (0: none), or -1 when the connection broke (``failure`` says why)."""
+        try:
+            sent = os.write(self.fd, data) if self.nonblocking else self.sock.send(data, _DONTWAIT)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self.failure = exc.strerror or "connection error"
+            return -1
+        self.written += sent
+        return sent
+
     def write(self, data: bytes) -> bool:
         """Send what the socket takes now and queue the rest (after anything queued before); False if it broke."""
         if self.out:
             self.out += data
             return True
-        try:
-            sent = os.write(self.fd, data) if self.nonblocking else self.sock.send(data, _DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self.failure = exc.strerror or "connection error"
+        sent = self._send(data)
+        if sent < 0:
             return False
-        self.written += sent
         if sent < len(data):
             self.out += memoryview(data)[sent:]
         return True
@@ -97,14 +104,9 @@ class Peer:
         """Send as much of the queue as the socket takes now (``out`` first, then the pipe); False if it broke."""
         out = self.out
         if out:
-            try:
-                sent = os.write(self.fd, out) if self.nonblocking else self.sock.send(out, _DONTWAIT)
-            except BlockingIOError:
-                return True
-            except OSError as exc:
-                self.failure = exc.strerror or "connection error"
+            sent = self._send(out)
+            if sent < 0:
                 return False
-            self.written += sent
             del out[:sent]
             if out:
                 return True
