@@ -46,7 +46,7 @@ class RouterOptions:
         integer(512, 16 * 1024 * 1024, "BYTES"),
         4096,
         help="Bytes one side of a session may hold unsent before the other side is no longer read (the "
-        "backpressure mark; relaying itself reads 64 KiB at a time). Above 64 KiB long transfers are copied "
+        "backpressure mark; relaying itself reads 64 KiB at a time). Above 64 KiB long uploads are copied "
         "through the router instead of spliced, to buffer that much.",
     )
     fastrouter_use_base: Scalar[str | None] = Scalar(

@@ -5,7 +5,7 @@ never raises for the ordinary cases: nothing to read yet is ``None``, a broken c
 with the reason in ``failure``. Every call passes ``MSG_DONTWAIT``, so a socket left blocking at the OS level (an
 accepted client: no extra ``fcntl``) never blocks the loop.
 
-A long transfer (a large body or answer) is relayed with ``splice(2)`` through a pipe that the receiving peer owns:
+A long upload is relayed with ``splice(2)`` through a pipe that the receiving peer (the node) owns:
 the bytes go from one socket to the other inside the kernel, never copied through the router's memory. The pipe's
 bytes count as queued for that peer, behind its ``out`` (sent first, so the order holds).
 """
