@@ -112,6 +112,14 @@ def _stats(port: int) -> dict[str, object]:
 
 
 @pytest.mark.integration
+def mode_of(path: Path) -> int | None:
+    """A file's permission bits, None while it does not exist yet."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+
+
 def test_the_hosting_router_file_starts_and_routes_a_signed_node_with_only_dgram_router_warned(
     procs: ProcessManager, short_dir: Path
 ) -> None:
@@ -128,7 +136,7 @@ def test_the_hosting_router_file_starts_and_routes_a_signed_node_with_only_dgram
         wait_until(lambda: can_connect(("127.0.0.1", port)) or not router.alive(), 15, what="the hosting router")
         assert router.alive(), router.log()
         # its hook-as-gateway opened the subscription socket to unprivileged instances
-        wait_until(lambda: stat.S_IMODE((subscribe / "fastrouter").stat().st_mode) == 0o666, what="the chmod hook")
+        wait_until(lambda: mode_of(subscribe / "fastrouter") == 0o666, what="the chmod hook")
         # a node of the hosting service: real uWSGI, signing its announces over the UNIX socket
         node = procs.uwsgi_backend(
             f"127.0.0.1:{node_port}",

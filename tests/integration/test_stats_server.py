@@ -301,7 +301,15 @@ def test_a_worker_id_keeps_its_counters_across_a_respawn(procs: ProcessManager) 
     address = ("127.0.0.1", stats_port)
     worker_pids(address, 2)
     send_requests(port, 10)
-    before = {w["id"]: w for w in stats_json(address)["workers"]}
+
+    def settled() -> dict[int, dict[str, Any]] | None:
+        # a worker's beat may carry a request's count before its bytes (the next beat has both): wait until two
+        # reads a beat apart agree (the sleep is that window, not a wait for a condition)
+        first = {w["id"]: w for w in stats_json(address)["workers"]}
+        time.sleep(1.0)
+        return first if first == {w["id"]: w for w in stats_json(address)["workers"]} else None
+
+    before = wait_until(settled, 15, what="the workers' counters to settle")
     assert sum(w["requests"] for w in before.values()) == 11
     victim = max(before.values(), key=lambda w: w["requests"])
     os.kill(victim["pid"], signal.SIGKILL)
