@@ -63,7 +63,7 @@ class FakeLoop(Loop):
         except OSError:
             pass
 
-    def wait_for_descriptor(self, session: Timed, resume: Callable[[], None]) -> None:
+    def wait_for_descriptor(self, resume: Callable[[], None]) -> None:
         self.waiting.append(resume)
 
     def session_ended(self, session: Timed, request: bool, sent: int, started: float) -> None:

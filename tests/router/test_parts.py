@@ -260,7 +260,7 @@ def test_the_loop_interface_starts_its_clock_at_zero_and_leaves_the_work_to_the_
         lambda: base.register(0, lambda events: None, 0),
         lambda: base.modify(0, 0),
         lambda: base.unregister(0),
-        lambda: base.wait_for_descriptor(None, lambda: None),  # type: ignore[arg-type]
+        lambda: base.wait_for_descriptor(lambda: None),
         lambda: base.session_ended(None, False, 0, 0.0),  # type: ignore[arg-type]
     ]
     for call in calls:

@@ -146,7 +146,7 @@ class RouterLoop(Loop):
         del self.handlers[fd]
         self.descriptors -= 1
 
-    def wait_for_descriptor(self, session: Timed, resume: Callable[[], None]) -> None:
+    def wait_for_descriptor(self, resume: Callable[[], None]) -> None:
         """A session found no free descriptor for its node: it waits (accepting pauses meanwhile) instead of
         failing, and is resumed once sessions end."""
         self.fd_waiters.append(resume)
@@ -227,13 +227,11 @@ class RouterLoop(Loop):
                 return
         for _ in range(ACCEPT_BURST if self.busy else 1):
             if self._full():
-                self._say_full()
-                self._pause_accepting()
-                return
+                break
             try:
                 fd, _ = accept_fd()
             except BlockingIOError:
-                return  # the queue is empty (or another router process took it)
+                break  # the queue is empty (or another router process took it)
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRORS:
                     self.limit_notes.error("cannot accept a connection: %s; pausing accepts briefly", exc.strerror)
@@ -248,7 +246,7 @@ class RouterLoop(Loop):
             self.sessions.add(session)
             session.start()
         if self._full():
-            # at the limit now: stop listening at once rather than at the next connection
+            # at the limit (before or after these connections): stop listening rather than wake for each one
             self._say_full()
             self._pause_accepting()
 

@@ -87,7 +87,7 @@ class Loop:
         """Forget ``fd``, which the caller closes next (closing removes it from the kernel's epoll set)."""
         raise NotImplementedError
 
-    def wait_for_descriptor(self, session: Timed, resume: Callable[[], None]) -> None:
+    def wait_for_descriptor(self, resume: Callable[[], None]) -> None:
         """No descriptor was left for the session's backend: call ``resume`` once one is free."""
         raise NotImplementedError
 

@@ -21,7 +21,6 @@ from uwsgirouter.protocol import (
     NEED_DATA,
     Body,
     ConnectionClosed,
-    EndOfInput,
     RemoteProtocolError,
     RequestHead,
     RequestReader,
@@ -264,41 +263,36 @@ class Session:
         backend = self.backend
         assert backend is not None
         client = self.client
-        closed = events & EPOLLRDHUP and client.pipe_w < 0  # a splice's short count says nothing of the end
+        size = self.settings.read_size
         for _ in range(READS_PER_WAKEUP):
             moved = self._pump(backend, client)
             if moved > 0:
                 self.replied = True
-                if moved < self.settings.read_size:
-                    if not closed:
-                        return  # drained (or the pipe is full); more may come
-                    # The node closed after what it sent (RDHUP), and a short read drained it: that was the end,
-                    # without the read that would return it.
-                    moved = 0
-                elif client.pending():
-                    return
-                else:
-                    continue
-            if moved == 0:
-                if not self.replied:
-                    self._backend_failed("closed the connection without answering")
-                    return
-                # The answer is complete; the node's socket is no longer needed (and would keep reporting HUP).
-                # What is queued for the client is flushed, then the session ends.
-                self._drop_backend()
-                if client.pending():
-                    self._enter(CLOSE_AFTER_FLUSH)
-                else:
-                    self._finish()
-                return
+                if moved == size and not client.pending():
+                    continue  # a full read the client took: more may be there
+                if moved == size or not events & EPOLLRDHUP:
+                    return  # the client lags, or the socket is drained and the node may send more
+                # The node closed after what it sent (RDHUP) and a short read drained it: that was the end,
+                # without the read that would return it.
             elif moved == SOURCE_FAILED:
                 self._backend_failed(f"receive failed: {backend.failure}")
                 return
             elif moved == SINK_FAILED:
                 self._abort(f"client error: {client.failure}")
                 return
-            else:
+            elif moved == NOTHING:
                 return
+            elif not self.replied:
+                self._backend_failed("closed the connection without answering")
+                return
+            # The answer is complete; the node's socket is no longer needed (and would keep reporting HUP).
+            # What is queued for the client is flushed, then the session ends.
+            self._drop_backend()
+            if client.pending():
+                self._enter(CLOSE_AFTER_FLUSH)
+            else:
+                self._finish()
+            return
 
     def _flush_backend(self) -> None:
         backend = self.backend
@@ -351,9 +345,7 @@ class Session:
             return
         if isinstance(rest, Body):
             self.upload = _grow(self.upload, rest.data)
-            rest = reader.next_event()
-        if isinstance(rest, EndOfInput):
-            self.client.eof = True
+        # (the reader hears of the client's end of input only from a later read, never with the head's bytes)
         self.reader = None
         if self.settings.post_buffering:
             try:
@@ -366,8 +358,6 @@ class Session:
                 early, self.upload = bytes(self.upload), b""
                 self._enter(BUFFER)
                 self._feed_body(early)
-                if self.state == BUFFERING and self.client.eof:
-                    self._abort("the client went away during its upload")
                 return
         self._route()
 
@@ -451,7 +441,7 @@ class Session:
                 self.tried.pop()
                 self.routing.mapper.done(node)
                 self._enter(NO_DESCRIPTOR)
-                self.loop.wait_for_descriptor(self, self.resume_connect)
+                self.loop.wait_for_descriptor(self.resume_connect)
                 return True
             self.routing.notes.error(
                 "key %s: cannot create a socket for node %s: %s", printable(self.key), node.name, exc
@@ -688,7 +678,6 @@ class Session:
             not client.eof
             and self.state != CLOSING
             and (backend.queued() if backend is not None and self.state == RELAY else len(self.upload)) < high_water
-            and (backend is None or backend.piped < PIPE_SIZE)
             and len(self.after_body) < high_water
         ):
             cmask = EPOLLIN
@@ -702,7 +691,7 @@ class Session:
         if self.state == CONNECTING:
             bmask = EPOLLOUT
         else:
-            bmask = EPOLLIN | EPOLLRDHUP if client.queued() < high_water and client.piped < PIPE_SIZE else 0
+            bmask = EPOLLIN | EPOLLRDHUP if client.queued() < high_water else 0
             if backend.pending() or self.body is not None:
                 bmask |= EPOLLOUT
         if bmask != backend.mask:

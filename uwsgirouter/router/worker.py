@@ -21,7 +21,6 @@ from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.core import RouterLoop
 from uwsgirouter.router.loop import Settings
 from uwsgirouter.router.mappers import Mapper, static_nodes
-from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.routing import Routing
 from uwsgirouter.router.session import Session
 from uwsgirouter.router.stats import render
@@ -102,9 +101,6 @@ class RouterWorker(BaseWorker):
         # when the last node goes": sessions in flight are never cut; going cheap only stops accepting, so a
         # shared socket's app workers answer).
         cheap = config.fastrouter_cheap and mapper.live_nodes() is not None
-        #: in cheap mode, the shared socket's own address: a request that finds no live node is sent there, once
-        #: the router stopped accepting, so that the local app workers answer it
-        self.local_node: Node | None = static_nodes([local_address])[0] if cheap and local_address else None
         self.notes = LogLimiter(log)
         self.routing = Routing(
             mapper,
@@ -114,7 +110,9 @@ class RouterWorker(BaseWorker):
             fallback_on_no_key=settings.fallback_on_no_key,
             own_addresses=own_addresses(self.listeners),
             cheap=cheap,
-            local=self.local_node,
+            # in cheap mode, the shared socket's own address: a request that finds no live node is sent there once
+            # the router stopped accepting, so that the local app workers answer it
+            local=static_nodes([local_address])[0] if cheap and local_address else None,
         )
         self.loop = RouterLoop(
             [listener.sock for listener in self.listeners],
@@ -131,10 +129,6 @@ class RouterWorker(BaseWorker):
     def sessions(self) -> set[Session]:
         """The sessions in flight (the stats document counts them)."""
         return self.loop.sessions
-
-    @property
-    def is_cheap(self) -> bool:
-        return self.loop.is_cheap
 
     # -- signals ----------------------------------------------------------------------------------
 
