@@ -12,6 +12,7 @@ import pytest
 
 from tests.router.fakeloop import Backend, FakeLoop, backend
 from uwsgirouter.router.nodes import make_node
+from uwsgirouter.sock import Listener
 
 
 @pytest.fixture
@@ -56,6 +57,16 @@ def tcp_node() -> Iterator[Backend]:
     played = tcp_backend()
     yield played
     played.close()
+
+
+def client_of(listener: socket.socket | Listener, data: bytes = b"") -> socket.socket:
+    """A client connected to a UNIX ``listener`` (with a 5 s timeout), having sent ``data``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect((listener.sock if isinstance(listener, Listener) else listener).getsockname())
+    if data:
+        sock.sendall(data)
+    return sock
 
 
 def reset(sock: socket.socket) -> None:

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.router.conftest import messages
+from tests.router.conftest import client_of, messages
 from tests.router.fakeloop import Backend, routing_for, static_routing
-from tests.support import recv_exactly, request_vars, uwsgi_packet
+from tests.support import read_all, recv_exactly, request_vars, uwsgi_packet
 from tools.harness import wait_until
 from uwsgirouter.router.core import (
     ACCEPT_BURST,
@@ -117,25 +117,6 @@ class Running:
         self.join()
 
 
-def client_of(listener: socket.socket, data: bytes = b"") -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(5)
-    sock.connect(listener.getsockname())
-    if data:
-        sock.sendall(data)
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    data = bytearray()
-    for _ in range(10000):
-        chunk = sock.recv(65536)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-    raise AssertionError("no end")
-
-
 # -- the descriptor budget --------------------------------------------------------------------------------------
 
 
@@ -212,7 +193,7 @@ def test_a_request_is_accepted_routed_answered_and_counted(listener: socket.sock
         assert loop.descriptors == 0
         assert loop.requests == 1 and loop.bytes_sent == len(ANSWER)
         assert loop.running_us >= 0 and loop.avg_rt_us == loop.running_us // 2
-        time.sleep(0.02)
+        time.sleep(0.02)  # time passing, not a wait: the tick is due at the first wake-up after its interval
         running.wake()
         wait_until(lambda: running.ticks >= 1, 5, what="the tick runs at a wake-up after its interval")
     finally:
@@ -229,9 +210,13 @@ def test_a_long_answer_reaches_a_client_that_reads_it_late(listener: socket.sock
         answer = bytes(range(256)) * 8192  # 2 MiB: the router waits for the client to take it
         sender = threading.Thread(target=conn.sendall, args=(answer,), daemon=True)
         sender.start()
-        time.sleep(0.1)
-        (session,) = loop.sessions
-        assert session.client.out or session.backend is None or not session.backend.mask & select.EPOLLIN
+
+        def node_held_back() -> bool:
+            sessions = list(loop.sessions)
+            backend = sessions[0].backend if len(sessions) == 1 else None
+            return backend is not None and not backend.mask & select.EPOLLIN
+
+        wait_until(node_held_back, 5, what="the router to stop reading the node while the client lags")
         got = bytearray()
         for _ in range(10000):
             chunk = client.recv(1 << 20)
@@ -256,7 +241,7 @@ def test_an_event_for_a_descriptor_forgotten_meanwhile_is_skipped(listener: sock
     os.write(w, b"x")
     running = Running(loop)
     try:
-        time.sleep(0.05)
+        time.sleep(0.05)  # a window in which nothing may happen (the forgotten descriptor is ready throughout)
         assert seen == []
         assert serve_one_request(listener, node) == ANSWER
     finally:
@@ -555,7 +540,7 @@ def test_waiting_requests_resume_only_while_the_budget_has_room(listener: socket
 
     loop.fd_budget = 2
     for number in range(3):
-        loop.wait_for_descriptor(object(), resume(number))  # type: ignore[arg-type]
+        loop.wait_for_descriptor(resume(number))
     loop.exit_now = False
     # what run() does once per wake-up while requests wait
     loop.descriptors = 1
@@ -581,7 +566,7 @@ def test_cheap_mode_stops_accepting_while_no_node_lives_and_resumes_when_one_com
         wait_until(lambda: loop.is_cheap and not loop.accepting, 5)
         assert "no more nodes available. Going cheap..." in messages(caplog)
         client = client_of(listener, GET)
-        time.sleep(0.15)
+        time.sleep(0.15)  # a window in which nothing may happen: the connection waits, ready, in the listen queue
         assert not loop.sessions, "a cheap router leaves connections to the app workers"
         mapper.live = 1
         wait_until(lambda: not loop.is_cheap and loop.accepting, 5)
@@ -663,7 +648,7 @@ def test_a_retiring_router_stops_accepting_and_ends_when_its_sessions_are_done(
         wait_until(lambda: "retiring (reload), 1 session(s) in flight" in messages(caplog), 5)
         assert loop.door_closed_at and not loop.accepting
         late = client_of(listener, GET)
-        time.sleep(0.1)
+        time.sleep(0.1)  # a window in which nothing may happen: the newcomer waits, ready, in the listen queue
         assert len(loop.sessions) == 1, "no newcomer is accepted"
         conn.sendall(ANSWER)
         conn.close()

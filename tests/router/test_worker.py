@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.router.conftest import messages
+from tests.router.conftest import client_of, messages
 from tests.router.fakeloop import Backend
-from tests.support import recv_exactly, request_vars, uwsgi_packet
+from tests.support import read_all, recv_exactly, request_vars, uwsgi_packet
 from tools.harness import wait_until
 from uwsgirouter import __version__
 from uwsgirouter.config import Config, load_config
@@ -132,25 +132,6 @@ def make(tmp_path: Path, node: Backend, rlimit: None) -> Iterator[Any]:
     yield build
     for worker in made:
         worker.close()
-
-
-def client_of(listener: Listener, data: bytes = b"") -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(5)
-    sock.connect(listener.sock.getsockname())
-    if data:
-        sock.sendall(data)
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    data = bytearray()
-    for _ in range(10000):
-        chunk = sock.recv(65536)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-    raise AssertionError("no end")
 
 
 def serve_one(worker: Worker, node: Backend) -> bytes:
@@ -263,7 +244,7 @@ def test_the_heartbeat_says_in_flight_sessions_and_cheap_mode(make: Any, node: B
     worker.heartbeat()
     _, requests, counters = running.beats.calls[-1]
     assert requests == 7 and counters.in_flight == 1 and counters.flags == CHEAP
-    assert worker.sessions is worker.loop.sessions and worker.is_cheap
+    assert worker.sessions is worker.loop.sessions
     worker.loop.sessions.clear()
 
 
@@ -310,7 +291,7 @@ def test_the_loop_gets_the_cap_the_mercy_and_the_head_grace(make: Any, node: Bac
     assert [n.name for n in routing.fallbacks] == [str(tmp_path / "f.sock")]
     assert routing.max_retries == 1 and routing.fallback_on_no_key
     assert routing.own_addresses == frozenset({running.router.name.encode()})
-    assert not routing.cheap and routing.local is None and running.worker.local_node is None
+    assert not routing.cheap and routing.local is None
     assert running.worker.stats_names == [running.router.name]
     assert routing.on_no_live_node == loop.go_cheap
 
@@ -320,15 +301,15 @@ def test_cheap_mode_needs_a_mapper_whose_nodes_come_and_go(tmp_path: Path, node:
     try:
         config = load_config(["--fastrouter-cheap"], {})
         static = RouterWorker(config, [router], StaticMapper([node.node], 30), local_address=str(node.path))
-        assert not static.routing.cheap and static.local_node is None
+        assert not static.routing.cheap and static.routing.local is None
         subscribed = RouterWorker(
             config, [router], SubscriptionMapper(TableImage(1 << 16)), local_address=str(node.path)
         )
         assert subscribed.routing.cheap
-        assert subscribed.local_node is not None and subscribed.local_node.name == str(node.path)
-        assert subscribed.routing.local is subscribed.local_node
+        local = subscribed.routing.local
+        assert local is not None and local.name == str(node.path)
         no_local = RouterWorker(config, [router], SubscriptionMapper(TableImage(1 << 16)))
-        assert no_local.routing.cheap and no_local.local_node is None
+        assert no_local.routing.cheap and no_local.routing.local is None
         plain = RouterWorker(load_config([], {}), [router], SubscriptionMapper(TableImage(1 << 16)))
         assert not plain.routing.cheap
         for worker in (static, subscribed, no_local, plain):
