@@ -27,6 +27,7 @@ from tools.harness import (  # re-exported: the tests import them from here
     can_connect as can_connect,
     connect as connect,
     free_port as free_port,
+    nginx_conf,
     wait_until as wait_until,
 )
 
@@ -162,28 +163,15 @@ class ProcessManager(harness.ProcessManager):
         conf_dir = self.tmp_path / f"nginx-{port}"
         conf_dir.mkdir()
         conf = conf_dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=conf_dir, port=port, uwsgi_pass=uwsgi_pass))
+        conf.write_text(nginx_conf(conf_dir, NGINX_SERVER.format(port=port, uwsgi_pass=uwsgi_pass)))
         proc = self.start([NGINX, "-p", str(conf_dir), "-c", str(conf), "-e", str(conf_dir / "error.log")], "nginx")
         wait_until(lambda: can_connect(("127.0.0.1", port)) or not proc.alive(), 15, what="nginx")
         assert proc.alive(), (conf_dir / "error.log").read_text() if (conf_dir / "error.log").exists() else proc.log()
         return proc
 
 
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 2048; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    client_max_body_size 64m;
+#: The http block of a test's nginx: one server passing everything to the router.
+NGINX_SERVER = """
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
@@ -192,9 +180,7 @@ http {{
             uwsgi_pass {uwsgi_pass};
             uwsgi_read_timeout 30s;
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 def http_get(

@@ -65,6 +65,33 @@ def can_connect(address: Address) -> bool:
     return True
 
 
+#: One foreground nginx process whose pid, logs and temp files all live in ``{dir}``; ``{http}`` is the rest of its
+#: http block (servers and settings).
+_NGINX_FRAME = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    client_max_body_size 64m;
+{http}
+}}
+"""
+
+
+def nginx_conf(directory: Path, http: str, connections: int = 2048) -> str:
+    """An nginx.conf for a test or benchmark nginx that writes nothing outside ``directory``."""
+    return _NGINX_FRAME.format(dir=directory, connections=connections, http=http)
+
+
 class Proc:
     """A process in its own session with its output in ``log_path``; ``stop`` kills the whole group and reaps it."""
 

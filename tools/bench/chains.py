@@ -14,35 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools.bench.workloads import INSTANCE, BenchError, Workload, answer_ok, http_request, uwsgi_exchange, uwsgi_packet
-from tools.harness import Proc, ProcessManager, TimedOut, can_connect, free_port, wait_until
+from tools.harness import Proc, ProcessManager, TimedOut, can_connect, free_port, nginx_conf, wait_until
 
 REPO = Path(__file__).resolve().parent.parent.parent
 APP = REPO / "tests" / "apps" / "instance_app.py"
 
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    client_max_body_size 64m;
+#: Settings of the bench's nginx beside its servers.
+NGINX_SETTINGS = """
     # keep the 1 MiB request body and the 64 KiB response in memory: no temp-file disk noise
     client_body_buffer_size 2m;
     uwsgi_buffer_size 16k;
     uwsgi_buffers 8 16k;
     uwsgi_read_timeout 30s;
-    uwsgi_send_timeout 30s;
-{servers}
-}}
-"""
+    uwsgi_send_timeout 30s;"""
 
 NGINX_SERVER = """
     server {{
@@ -159,7 +143,7 @@ def start_chains(
         NGINX_SERVER.format(port=np, router_port=rp, params=ndir / "uwsgi_params")
         for np, rp in ((na_port, ra_port), (nb_port, rb_port))
     )
-    (ndir / "nginx.conf").write_text(NGINX_CONF.format(dir=ndir, servers=servers))
+    (ndir / "nginx.conf").write_text(nginx_conf(ndir, NGINX_SETTINGS + servers, connections=4096))
     nginx = procs.start(
         [tools["nginx"], "-p", str(ndir), "-c", str(ndir / "nginx.conf"), "-e", str(ndir / "error.log")], "nginx"
     )
