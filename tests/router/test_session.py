@@ -129,7 +129,7 @@ def test_a_get_whose_node_breaks_without_answering_goes_to_the_next_node(
         first = node.accept()
         recv_exactly(first, len(GET))
         first.close()  # breaks without a byte of answer
-        loop.run_until(lambda: session.resent)
+        loop.run_until(lambda: session.resends)
         conn = second.accept()
         assert recv_exactly(conn, len(GET)) == GET
         conn.sendall(ANSWER)
@@ -152,7 +152,7 @@ def test_a_post_whose_node_breaks_gets_a_502(loop: FakeLoop, node: Backend, tmp_
         first.close()
         answer = read_to_end(client, loop)
         assert answer.startswith(b"HTTP/1.1 502 Bad Gateway")
-        assert not session.resent
+        assert not session.resends
         client.close()
     finally:
         second.close()

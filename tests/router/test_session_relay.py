@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -19,10 +19,11 @@ from tests.router.conftest import (
     send_stepping,
     steps,
 )
-from tests.router.fakeloop import Backend, FakeLoop, open_session, static_routing
+from tests.router.fakeloop import Backend, FakeLoop, open_session, routing_for, static_routing
 from tests.support import recv_exactly, request_vars, uwsgi_packet
 from uwsgirouter.router.loop import Settings
-from uwsgirouter.router.nodes import make_node
+from uwsgirouter.router.mappers import Mapper
+from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.router.session import CLOSING, DONE, RELAY, Session
 
 GET = uwsgi_packet(request_vars(host="example.com", path="/x"))
@@ -290,7 +291,7 @@ def test_a_node_that_resets_mid_answer_cuts_the_client_after_what_it_sent(
     loop.run_until(lambda: session.replied)
     reset(conn)
     assert read_to_end(client, loop) == ANSWER[:10]
-    assert not session.resent, "an answered request is never sent again"
+    assert not session.resends, "an answered request is never sent again"
     assert any("receive failed: Connection reset by peer" in m for m in messages(caplog))
     client.close()
 
@@ -301,7 +302,7 @@ def test_a_get_whose_only_node_resets_is_sent_to_it_once_more(
     caplog.set_level(logging.INFO, "uwsgirouter.router")
     session, client, conn = relayed(loop, tcp_node)
     reset(conn)
-    loop.run_until(lambda: session.resent)
+    loop.run_until(lambda: session.resends)
     again = tcp_node.accept()
     assert recv_exactly(again, len(GET)) == GET
     assert session.tried == [tcp_node.node]
@@ -318,6 +319,70 @@ def test_a_get_whose_only_node_resets_is_sent_to_it_once_more(
     client.close()
 
 
+class Subscribed(Mapper):
+    """One subscribed node, as the subscription table has it: a failed connect marks it dead (cheap mode then sees
+    no live node)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.dead = False
+
+    def pick(self, key: bytes, tried: Sequence[Node], now: float) -> Node | None:
+        return None if self.dead or self.node in tried else self.node
+
+    def failed(self, node: Node, now: float) -> None:
+        self.dead = True
+
+    def live_nodes(self) -> int | None:
+        return 0 if self.dead else 1
+
+
+def test_a_node_killed_with_its_processes_costs_no_request_in_cheap_mode(
+    loop: FakeLoop, node: Backend, nodes: Callable[[str], Backend]
+) -> None:
+    """kill -9 of a node's process group: the worker dies first (the request is reset), the master still holds the
+    listening socket (the resend connects, then is reset as well), then the socket is gone (refused)."""
+    local = nodes("local.sock")
+    routing = routing_for(Subscribed(node.node), cheap=True, local=local.node)
+    session, client = open_session(loop, routing)
+    client.sendall(GET)
+    loop.step(0.5)
+    reset(node.accept())  # the worker that had the request dies
+    loop.run_until(lambda: session.resends == 1)
+    again = node.accept()
+    assert recv_exactly(again, len(GET)) == GET
+    node.listener.close()  # the master dies: the last holder of the listening socket
+    reset(again)
+    loop.run_until(lambda: session.resends == 2)
+    served = local.accept()
+    assert recv_exactly(served, len(GET)) == GET
+    served.sendall(ANSWER)
+    served.close()
+    assert read_to_end(client, loop) == ANSWER
+    assert session.tried == [node.node, local.node]
+    assert node.node.stats.failures == 1, "the refused connect marked it"
+    client.close()
+
+
+def test_a_get_that_breaks_its_only_node_reaches_it_three_times_then_gets_502(
+    loop: FakeLoop, node: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "uwsgirouter.router")
+    session, client, conn = relayed(loop, node)
+    conn.close()
+    for resends in (1, 2):
+        loop.run_until(lambda: session.resends == resends)  # noqa: B023 - used at once
+        again = node.accept()
+        assert recv_exactly(again, len(GET)) == GET
+        again.close()
+    answer = read_to_end(client, loop)
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway")
+    assert session.resends == 2
+    assert node.node.stats.hits == 3 and node.node.stats.failures == 0, "breaking on one request is no mark"
+    assert node.node.dead_until == 0
+    client.close()
+
+
 def test_a_node_that_broke_is_tried_after_every_other_one(
     loop: FakeLoop, node: Backend, nodes: Callable[[str], Backend], tmp_path: Any
 ) -> None:
@@ -328,7 +393,7 @@ def test_a_node_that_broke_is_tried_after_every_other_one(
     first = node.accept()
     recv_exactly(first, len(GET))
     first.close()
-    loop.run_until(lambda: session.resent)
+    loop.run_until(lambda: session.resends)
     # the other node was asked (and refused), then the one that broke got the request again
     assert gone.stats.failures == 1
     again = node.accept()
@@ -348,7 +413,7 @@ def test_head_and_options_are_resent_like_get(
     request = uwsgi_packet(request_vars(method=method))
     session, client, conn = relayed(loop, node, None, request, second)
     conn.close()
-    loop.run_until(lambda: session.resent)
+    loop.run_until(lambda: session.resends)
     again = second.accept()
     assert recv_exactly(again, len(request)) == request
     again.sendall(ANSWER)
@@ -369,7 +434,7 @@ def test_a_get_is_resent_only_without_a_body(
     conn.close()
     answer = read_to_end(client, loop) if not resent else b""
     if resent:
-        loop.run_until(lambda: session.resent)
+        loop.run_until(lambda: session.resends)
         again = second.accept()
         again.sendall(ANSWER)
         again.close()
@@ -389,7 +454,7 @@ def test_a_get_is_resent_once_only(
     third = nodes("third.sock")
     session, client, conn = relayed(loop, node, None, GET, second, third)
     conn.close()
-    loop.run_until(lambda: session.resent)
+    loop.run_until(lambda: session.resends)
     again = second.accept()
     recv_exactly(again, len(GET))
     again.close()
@@ -419,7 +484,7 @@ def test_a_get_with_bytes_the_node_never_took_is_not_resent(
     conn.close()  # with unread bytes
     answer = read_to_end(client, loop)
     assert answer.startswith(b"HTTP/1.1 502 Bad Gateway")
-    assert not session.resent and second.node.stats.hits == 0
+    assert not session.resends and second.node.stats.hits == 0
     assert any("send failed" in m or "receive failed" in m for m in messages(caplog))
     client.close()
 
@@ -545,5 +610,5 @@ def test_a_get_whose_node_took_bytes_after_its_head_is_not_resent(
     conn.close()  # breaks without answering
     answer = read_to_end(client, loop)
     assert answer.startswith(b"HTTP/1.1 502 Bad Gateway")
-    assert not session.resent and second.node.stats.hits == 0
+    assert not session.resends and second.node.stats.hits == 0
     client.close()

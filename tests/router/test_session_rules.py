@@ -121,7 +121,7 @@ def test_a_node_that_broke_and_is_then_gone_leaves_a_502(loop: FakeLoop, node: B
     answer = read_to_end(client, loop)
     assert answer.startswith(b"HTTP/1.1 502 Bad Gateway")
     assert b"no node could be reached for key example.com" in answer
-    assert session.resent and node.node.stats.failures == 1
+    assert session.resends and node.node.stats.failures == 1
     client.close()
 
 
@@ -335,7 +335,7 @@ def test_a_one_byte_answer_is_an_answer(loop: FakeLoop, node: Backend, nodes: Ca
     loop.run_until(lambda: session.replied)
     conn.close()
     assert read_to_end(client, loop) == b"x"
-    assert not session.resent and second.node.stats.hits == 0
+    assert not session.resends and second.node.stats.hits == 0
     client.close()
 
 

@@ -118,7 +118,8 @@ class Session:
         "node",
         "reader",
         "replied",
-        "resent",
+        "resends",
+        "retried_broken",
         "routing",
         "settings",
         "started",
@@ -146,10 +147,12 @@ class Session:
         self.after_body: bytes | bytearray = b""
         #: bytes came from the node (no error page is possible any more)
         self.replied = False
-        #: the request went to a second node after the first broke without answering
-        self.resent = False
-        #: that first node, tried again only when no other is left
+        #: how often the request was sent again after a node broke without answering
+        self.resends = 0
+        #: the node that broke, tried again only when no other is left
         self.broken: Node | None = None
+        #: the last resend went to the node that broke (no other was left)
+        self.retried_broken = False
         self.last_active = self.started = loop.now
 
     def _enter(self, event: int) -> None:
@@ -421,6 +424,7 @@ class Session:
                 # No other node: the one that broke is tried again. Gone for good, it refuses the connect and is
                 # marked dead (then cheap mode may hand the request to the local app); alive, it may answer now.
                 self.broken = None
+                self.retried_broken = True
                 tried.remove(node)
             tried.append(node)
             if routing.is_self(node):
@@ -557,17 +561,24 @@ class Session:
         more, to another node (the same one only when no other is left), if it can be sent again unchanged (an
         idempotent method without a body, nothing answered yet): a node killed mid-request costs no request, and
         a request that breaks nodes reaches two at most.
+
+        When that resend went to the same node and it broke again, the request is sent to it a third time. A node
+        killed with all its processes dies one process at a time: while one still holds its listening socket, the
+        resend connects and is then reset. By the third try the socket is closed, the connect is refused, the
+        node is marked dead and the request goes on (to cheap mode's local app, a fallback). A node that this
+        request breaks three times gets the 502.
         """
         node = self.node
         name = node.name if node is not None else "?"
         notes = self.routing.notes
-        if not self.replied and node is not None and not self.resent and self._can_resend():
-            self.resent = True
+        if not self.replied and node is not None and self._may_send_again() and self._can_resend():
+            self.resends += 1
             notes.warning("key %s: node %s %s; sending the request to the next node", printable(self.key), name, reason)
             self._drop_backend()
             self.node = None
             self.routing.mapper.done(node)
             self.broken = node
+            self.retried_broken = False
             self._connect_next()
             return
         notes.warning("key %s: node %s %s", printable(self.key), name, reason)
@@ -575,6 +586,10 @@ class Session:
             self._abort("")
         else:
             self._reply_error(502, f"the node for key {printable(self.key)} failed")
+
+    def _may_send_again(self) -> bool:
+        resends = self.resends
+        return resends == 0 or (resends == 1 and self.retried_broken)
 
     def _can_resend(self) -> bool:
         head = self.head
