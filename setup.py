@@ -27,7 +27,7 @@ import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 #: Modules compiled with mypyc, one a line. Adding one is one line here (run `scripts/install` again afterwards).
@@ -49,6 +49,8 @@ COMPILED_MODULES = [
     "uwsgirouter/router/mappers/path.py",
     "uwsgirouter/text.py",
 ]
+#: C modules written by hand, built with the mypyc modules (and, like them, left out of the pure build).
+C_MODULES = {"uwsgirouter.router._fastio": "uwsgirouter/router/_fastio.c"}
 #: The shared library of the compiled code; inside the package, so that the editable install's finder maps it.
 GROUP_NAME = "uwsgirouter._compiled"
 PURE_BUILD_VARIABLE = "UWSGIROUTER_PURE_BUILD"
@@ -94,10 +96,11 @@ def compiled_extensions() -> list[Any]:
         note(f"building pure Python (mypyc is not installed: {error})")
         return []
     try:
-        return list(mypycify(COMPILED_MODULES, group_name=GROUP_NAME))
+        compiled = list(mypycify(COMPILED_MODULES, group_name=GROUP_NAME))
     except (Exception, SystemExit) as error:  # mypyc exits after printing the errors of a module it cannot compile
         note(f"building pure Python (mypyc could not translate the modules of setup.py, see above: {error!r})")
         return []
+    return compiled + [Extension(name, [source]) for name, source in C_MODULES.items()]
 
 
 def describe(error: BaseException) -> str:
@@ -128,7 +131,7 @@ class OptionalBuildExt(build_ext):
             note(f"building pure Python (no working C compiler for the mypyc modules: {describe(error)})")
         else:
             if self.extensions:
-                note(f"compiled with mypyc: {len(COMPILED_MODULES)} modules")
+                note(f"compiled with mypyc: {len(COMPILED_MODULES)} modules, and {len(C_MODULES)} C module")
 
     def get_outputs(self) -> list[str]:
         return list(super().get_outputs()) if self.extensions else []

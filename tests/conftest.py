@@ -23,6 +23,8 @@ def stale_compiled_modules(package: Path) -> list[str]:
         if suffix is None or compiled.name.endswith("__mypyc" + suffix):
             continue
         source = compiled.with_name(compiled.name[: -len(suffix)] + ".py")
+        if not source.exists() and source.with_suffix(".c").exists():
+            source = source.with_suffix(".c")  # a C module written by hand (setup.py, C_MODULES)
         if not source.exists() or source.stat().st_mtime > compiled.stat().st_mtime:
             stale.append(str(source.relative_to(package.parent)))
     return stale

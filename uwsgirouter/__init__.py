@@ -64,8 +64,8 @@ def compiled_modules() -> list[str]:
         subdirectories[:] = sorted(name for name in subdirectories if name != "__pycache__")
         for name in sorted(names):
             suffix = next((suffix for suffix in EXTENSION_SUFFIXES if name.endswith(suffix)), None)
-            if suffix is None or name.endswith("__mypyc" + suffix):
-                continue  # not an extension module, or mypyc's shared library (no module of the sources)
+            if suffix is None or name.startswith("_"):
+                continue  # not an extension module, or mypyc's shared library, or a C helper (router/_fastio.c)
             relative = os.path.relpath(os.path.join(directory, name[: -len(suffix)]), root)
             parts = relative.split(os.sep)
             module = ".".join([__name__, *(parts[:-1] if parts[-1] == "__init__" else parts)])

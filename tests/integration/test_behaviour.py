@@ -328,9 +328,12 @@ def test_backend_closing_without_answer_is_a_502(procs: ProcessManager, scripted
     response = uwsgi_request(address, request_vars(host="silent.example"))
     assert response.raw.startswith((b"HTTP/1.0 502 ", b"HTTP/1.1 502 ")), response.raw
     assert b"silent.example" in response.body and backend.address.encode() not in response.raw
-    # one line for the resend (a GET may be sent once more), one for the 502
+    # a GET may be sent once more, and once more still when that went to the same node (no other is left): one
+    # line for each resend, one for the 502
     lines = router.log().splitlines()[before:]
-    assert len(lines) == 2 and "sending the request to the next node" in lines[0], lines
+    assert len(lines) == 3, lines
+    assert all("sending the request to the next node" in line for line in lines[:2]), lines
+    assert lines[2].endswith("closed the connection without answering"), lines
 
 
 def test_a_flood_of_unroutable_requests_does_not_flood_the_log(procs: ProcessManager, tmp_path: Path) -> None:

@@ -127,10 +127,17 @@ def static_routing(*nodes: Node, **kwargs: Any) -> Routing:
     return routing_for(StaticMapper(list(nodes), 30.0), **kwargs)
 
 
+def handed(sock: socket.socket) -> int:
+    """``sock``'s descriptor, non-blocking and no longer the socket object's, as sysio.accept hands one to a
+    session."""
+    sock.setblocking(False)
+    return sock.detach()
+
+
 def open_session(loop: FakeLoop, routing: Routing, settings: Settings | None = None) -> tuple[Session, socket.socket]:
     """A session on one end of a socket pair (started: registered, first read done); the test holds the other end."""
     ours, theirs = socket.socketpair()
     theirs.settimeout(5)
-    session = Session(loop, routing, settings or Settings(), ours)
+    session = Session(loop, routing, settings or Settings(), handed(ours))
     session.start()
     return session, theirs

@@ -22,6 +22,7 @@ from tests.router.conftest import client_of, messages
 from tests.router.fakeloop import Backend, routing_for, static_routing
 from tests.support import read_all, recv_exactly, request_vars, uwsgi_packet
 from tools.harness import wait_until
+from uwsgirouter.router import sysio
 from uwsgirouter.router.core import (
     ACCEPT_BURST,
     ACCEPT_PAUSE_S,
@@ -383,7 +384,7 @@ def armed(loop: RouterLoop, listener: socket.socket) -> RouterLoop:
 
 def loop_acceptor(loop: RouterLoop, listener: socket.socket) -> Callable[[], None]:
     """What the loop does when the listener is readable, as a call."""
-    return lambda: loop.accept(listener._accept, listener.family)  # type: ignore[attr-defined]
+    return lambda: loop.accept(listener.fileno())
 
 
 # -- accepting: the session cap and the descriptor budget ---------------------------------------------------------
@@ -446,7 +447,7 @@ def test_at_the_descriptor_limit_the_router_stops_accepting(
 
 
 def loop_handler(loop: RouterLoop, listener: socket.socket) -> Callable[[int], None]:
-    return lambda events: loop.accept(listener._accept, listener.family)  # type: ignore[attr-defined]
+    return lambda events: loop.accept(listener.fileno())
 
 
 def poll_once(loop: RouterLoop, timeout: float = 0.5) -> None:
@@ -461,23 +462,19 @@ def test_accept_errors_pause_or_pass(listener: socket.socket, node: Backend, cap
     loop = armed(make_loop(listener, static_routing(node.node)), listener)
     loop.now = 10.0
 
-    def failing(code: int) -> Callable[[], tuple[int, object]]:
-        def accept() -> tuple[int, object]:
-            if code == errno.EAGAIN:
-                raise BlockingIOError(code, os.strerror(code))
-            raise OSError(code, os.strerror(code))
+    def failing(code: int) -> Callable[[int], int]:
+        return lambda fd: -code
 
-        return accept
-
-    loop.accept(failing(errno.EAGAIN), socket.AF_UNIX)  # another process took it
-    loop.accept(failing(errno.ECONNABORTED), socket.AF_UNIX)  # the client left first
+    fd = listener.fileno()
+    loop.accept(fd, failing(errno.EAGAIN))  # another process took it
+    loop.accept(fd, failing(errno.ECONNABORTED))  # the client left first
     assert loop.accepting and not loop.sessions
-    loop.accept(failing(errno.EMFILE), socket.AF_UNIX)
+    loop.accept(fd, failing(errno.EMFILE))
     assert not loop.accepting
     assert loop.accept_paused_until == 10.0 + ACCEPT_PAUSE_S
     assert "cannot accept a connection: Too many open files; pausing accepts briefly" in messages(caplog)
     with pytest.raises(OSError, match="Bad file descriptor"):
-        loop.accept(failing(errno.EBADF), socket.AF_UNIX)
+        loop.accept(fd, failing(errno.EBADF))
     # the pause holds until its end, then accepting resumes
     loop.session_ended(object(), False, 0, 0)
     assert not loop.accepting
@@ -815,14 +812,12 @@ def test_a_client_gone_before_its_accept_does_not_end_the_burst(listener: socket
     clients = [client_of(listener, GET[:3]) for _ in range(2)]
     calls = 0
 
-    def accept() -> tuple[int, object]:
+    def accept(fd: int) -> int:
         nonlocal calls
         calls += 1
-        if calls == 1:
-            raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
-        return listener._accept()  # type: ignore[attr-defined,no-any-return]
+        return -errno.ECONNABORTED if calls == 1 else sysio.accept(fd)
 
-    loop.accept(accept, listener.family)
+    loop.accept(listener.fileno(), accept)
     assert len(loop.sessions) == 2
     loop.close()
     for client in clients:

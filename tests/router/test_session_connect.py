@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.router.conftest import messages, read_to_end, recv_stepping, send_stepping, steps, tcp_backend
-from tests.router.fakeloop import Backend, FakeLoop, open_session, routing_for, static_routing
+from tests.router.fakeloop import Backend, FakeLoop, handed, open_session, routing_for, static_routing
 from tests.support import parse_vars, recv_exactly, request_vars, uwsgi_packet
 from uwsgirouter.router.loop import Settings
 from uwsgirouter.router.mappers import BaseDirMapper, NoMapper
@@ -82,6 +82,23 @@ def test_a_node_still_handshaking_is_waited_for_then_gets_the_head_and_what_came
     client.close()
 
 
+def test_body_bytes_that_came_with_the_head_reach_the_next_node_when_a_handshake_fails(
+    loop: FakeLoop, stalled: tuple[Backend, socket.socket], node: Backend
+) -> None:
+    played, _ = stalled
+    session, client = open_session(loop, static_routing(played.node, node.node))
+    client.sendall(GET + b"early")  # one read: the head and the first body bytes
+    loop.step(0.2)
+    assert session.state == CONNECTING
+    played.listener.close()  # the kernel's next SYN is refused
+    loop.run_until(lambda: session.state == RELAY, timeout=5)
+    conn = node.accept()
+    assert recv_exactly(conn, len(GET) + 5) == GET + b"early", "the bytes went with the head to the node that took it"
+    conn.close()
+    client.close()
+    session.close()
+
+
 def test_a_handshake_that_fails_moves_on_to_the_next_node(
     loop: FakeLoop, stalled: tuple[Backend, socket.socket], node: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -112,7 +129,7 @@ def test_a_handshake_that_times_out_moves_on_to_the_next_node(
     assert handshaking is not None
     session.timed_out()
     assert session.state == RELAY
-    assert handshaking.sock.fileno() == -1, "the connection still handshaking is closed"
+    assert handshaking.fd == -1, "the connection still handshaking is closed"
     assert played.node.stats.failures == 1
     assert f"key example.com: unable to connect to node {played.node.name} (0 retries): timeout" in messages(caplog)
     assert recv_exactly(node.accept(), len(GET)) == GET
@@ -323,7 +340,7 @@ def test_a_head_with_body_bytes_in_the_same_read_sends_them_with_the_head(loop: 
     ours, client = socket.socketpair()
     client.sendall(GET + b"early body")
     client.shutdown(socket.SHUT_WR)
-    session = Session(loop, static_routing(node.node), Settings(), ours)
+    session = Session(loop, static_routing(node.node), Settings(), handed(ours))
     session.start()
     conn = node.accept()
     assert recv_exactly(conn, len(GET) + 10) == GET + b"early body"
@@ -432,7 +449,7 @@ def test_a_client_that_ends_its_input_inside_a_body_held_in_memory_is_closed(loo
     ours, client = socket.socketpair()
     client.sendall(post(b"0123456789") + b"01234")
     client.shutdown(socket.SHUT_WR)
-    session = Session(loop, static_routing(node.node), Settings(post_buffering=1024), ours)
+    session = Session(loop, static_routing(node.node), Settings(post_buffering=1024), handed(ours))
     session.start()
     assert session.state == BUFFERING
     loop.run_until(lambda: session.state == DONE)

@@ -4,6 +4,7 @@ the end of an answer, and the resend rules. Client and node are sockets the test
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from tests.router.conftest import (
     send_stepping,
     steps,
 )
-from tests.router.fakeloop import Backend, FakeLoop, open_session, routing_for, static_routing
+from tests.router.fakeloop import Backend, FakeLoop, handed, open_session, routing_for, static_routing
 from tests.support import recv_exactly, request_vars, uwsgi_packet
 from uwsgirouter.router.loop import Settings
 from uwsgirouter.router.mappers import Mapper
@@ -249,7 +250,7 @@ def test_a_client_that_resets_mid_relay_ends_the_session(
         ours, _ = listener.accept()
     finally:
         listener.close()
-    session = Session(loop, static_routing(tcp_node.node), Settings(), ours)
+    session = Session(loop, static_routing(tcp_node.node), Settings(), handed(ours))
     session.start()
     client.sendall(GET)
     loop.run_until(lambda: session.state == RELAY)
@@ -271,7 +272,7 @@ def test_a_client_that_resets_during_its_head_is_closed_without_an_answer(
         ours, _ = listener.accept()
     finally:
         listener.close()
-    session = Session(loop, static_routing(node.node), Settings(), ours)
+    session = Session(loop, static_routing(node.node), Settings(), handed(ours))
     session.start()
     client.sendall(GET[:6])
     loop.step(0.2)
@@ -573,12 +574,10 @@ def test_an_error_page_for_a_client_already_gone_ends_the_session(
 
 def test_an_error_page_the_client_cannot_take_at_once_is_flushed_later(loop: FakeLoop, node: Backend) -> None:
     session, client = open_session(loop, static_routing(node.node))
-    ours = session.client.sock
-    ours.setblocking(False)
     filler = 0
     for _ in range(10000):  # the client reads nothing: the router's side of its connection is full
         try:
-            filler += ours.send(b"\0" * 4096)
+            filler += os.write(session.client.fd, b"\0" * 4096)
         except BlockingIOError:
             break
     loop.shutting_down = True

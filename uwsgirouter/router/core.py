@@ -9,9 +9,9 @@ second. It implements ``loop.Loop`` for the sessions and knows nothing of the pr
 
 from __future__ import annotations
 
-import _socket
 import errno
 import logging
+import os
 import resource
 import select
 import socket
@@ -24,11 +24,12 @@ from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router.loop import Handler, Loop, Settings, Timed
 from uwsgirouter.router.routing import Routing
 from uwsgirouter.router.session import Session
+from uwsgirouter.router.sysio import accept as sysio_accept
 
 log = logging.getLogger("uwsgirouter.router")
 
 EPOLLIN: Final = select.EPOLLIN
-_SOCK_STREAM: Final = socket.SOCK_STREAM
+_EAGAIN: Final = errno.EAGAIN
 SWEEP_INTERVAL_S: Final = 1.0
 #: Descriptors kept free for logging, the stats server and the like when sizing the session cap.
 SPARE_FDS: Final = 16
@@ -201,23 +202,22 @@ class RouterLoop(Loop):
 
     def _acceptor(self, listener: socket.socket) -> Handler:
         """The handler of one listener."""
-        # socket.accept() wraps the C-level _accept() in Python code; the loop calls the C method directly.
-        accept_fd: Callable[[], tuple[int, object]] = getattr(listener, "_accept")  # noqa: B009
-        family = listener.family
+        listener_fd = listener.fileno()
 
         def on_ready(events: int) -> None:
-            self.accept(accept_fd, family)
+            self.accept(listener_fd)
 
         return on_ready
 
-    def accept(self, accept_fd: Callable[[], tuple[int, object]], family: int) -> None:
-        """Take the connections waiting on a listener.
+    def accept(self, listener_fd: int, accept_fd: Callable[[int], int] = sysio_accept) -> None:
+        """Take the connections waiting on a listener (non-blocking, as every listener of the router is);
+        ``accept_fd`` is sysio.accept but for tests.
 
         When the loop woke for this listener alone (a quiet router) one connection is taken: the readiness event
         promised one, and the loop comes back while more wait (level-triggered), so no accept is made just to learn
-        that the queue is empty (an EAGAIN exception). When the wake-up brought several events (a busy router),
-        up to ``ACCEPT_BURST`` are taken at once, which saves poll rounds and their latency; the one that finds
-        the queue empty is then a small share."""
+        that the queue is empty. When the wake-up brought several events (a busy router), up to ``ACCEPT_BURST``
+        are taken at once, which saves poll rounds and their latency; the one that finds the queue empty is then a
+        small share. A connection is a bare descriptor (sysio.accept): no socket object, no address."""
         routing = self.routing
         if routing.cheap:
             # The table may have emptied since the last look: a cheap router must not take this connection (the
@@ -228,21 +228,19 @@ class RouterLoop(Loop):
         for _ in range(ACCEPT_BURST if self.busy else 1):
             if self._full():
                 break
-            try:
-                fd, _ = accept_fd()
-            except BlockingIOError:
-                break  # the queue is empty (or another router process took it)
-            except OSError as exc:
-                if exc.errno in _RESOURCE_ERRORS:
-                    self.limit_notes.error("cannot accept a connection: %s; pausing accepts briefly", exc.strerror)
+            fd = accept_fd(listener_fd)
+            if fd < 0:
+                err = -fd
+                if err == _EAGAIN:
+                    break  # the queue is empty (or another router process took it)
+                if err in _RESOURCE_ERRORS:
+                    self.limit_notes.error("cannot accept a connection: %s; pausing accepts briefly", os.strerror(err))
                     self._pause_accepting(ACCEPT_PAUSE_S)
                     return
-                if exc.errno not in _CLIENT_GONE:
-                    raise
+                if err not in _CLIENT_GONE:
+                    raise OSError(err, os.strerror(err))
                 continue
-            # the C type: socket.socket's Python-level __init__ and close() cost more than the system calls
-            client = _socket.socket(family, _SOCK_STREAM, 0, fd)
-            session = Session(self, routing, self.settings, client)
+            session = Session(self, routing, self.settings, fd)
             self.sessions.add(session)
             session.start()
         if self._full():

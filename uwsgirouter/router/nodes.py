@@ -37,6 +37,8 @@ class Node:
     stats: NodeStats = field(default_factory=NodeStats)
     #: monotonic time until which a static node is skipped after a failed connect (0 = alive)
     dead_until: float = 0.0
+    #: ``sockaddr`` as the kernel takes it (sysio.pack_sockaddr), packed at the first connect
+    packed: bytes = b""
 
 
 _cache: dict[str, tuple[int, Any]] = {}

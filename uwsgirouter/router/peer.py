@@ -2,8 +2,9 @@
 
 Both sides are the same type, so relaying is one piece of code (``Session._pump``) used in both directions. A peer
 never raises for the ordinary cases: nothing to read yet is ``None``, a broken connection is ``None`` or ``False``
-with the reason in ``failure``. Every call passes ``MSG_DONTWAIT``, so a socket left blocking at the OS level (an
-accepted client: no extra ``fcntl``) never blocks the loop.
+with the reason in ``failure``. A peer is a bare descriptor, non-blocking at the OS level (sysio.py makes every one
+so): no socket object, read with ``os.read`` and written with ``sysio.send``, which answers a full buffer without an
+exception.
 
 A long upload is relayed with ``splice(2)`` through a pipe that the receiving peer (the node) owns:
 the bytes go from one socket to the other inside the kernel, never copied through the router's memory. The pipe's
@@ -12,12 +13,13 @@ bytes count as queued for that peer, behind its ``out`` (sent first, so the orde
 
 from __future__ import annotations
 
-import _socket
+import errno
 import os
-import socket
 from typing import Final
 
-_DONTWAIT: Final = socket.MSG_DONTWAIT
+from uwsgirouter.router.sysio import send, shutdown_write
+
+_EAGAIN: Final = -errno.EAGAIN
 _SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 #: A pipe's default capacity on Linux: what one peer may have in its pipe at most.
 PIPE_SIZE: Final = 1 << 16
@@ -30,15 +32,12 @@ SINK_FAILED: Final = -3
 class Peer:
     """A connected socket, what is queued for it, what the loop waits for on it, and whether its input ended."""
 
-    __slots__ = ("eof", "failure", "fd", "full_reads", "mask", "nonblocking", "out", "pipe_r", "pipe_w", "piped",
-                 "received", "sock", "written")  # fmt: skip
+    __slots__ = ("eof", "failure", "fd", "full_reads", "mask", "out", "pipe_r", "pipe_w", "piped", "received",
+                 "written")  # fmt: skip
 
-    def __init__(self, sock: _socket.socket, mask: int, nonblocking: bool = False) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        #: the socket is non-blocking at the OS level (a node's: SOCK_NONBLOCK), so plain read(2)/write(2) do,
-        #: through os.read/os.write, which Python calls more cheaply than the socket's recv/send methods
-        self.nonblocking = nonblocking
+    def __init__(self, fd: int, mask: int) -> None:
+        #: the connected socket, non-blocking; the peer owns it (``close``)
+        self.fd = fd
         #: bytes for this peer that it did not take yet (sent in order before anything newer)
         self.out = bytearray()
         #: the events the loop waits for on this socket now
@@ -67,7 +66,7 @@ class Peer:
         """Up to ``size`` bytes, ``b""`` once the peer closed its side; ``None`` when there is nothing now or the
         connection broke (then ``failure`` says why)."""
         try:
-            data = os.read(self.fd, size) if self.nonblocking else self.sock.recv(size, _DONTWAIT)
+            data = os.read(self.fd, size)
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -78,12 +77,11 @@ class Peer:
 
     def _send(self, data: bytes | bytearray) -> int:
         """Bytes the socket took now (0: none), or -1 when the connection broke (``failure`` says why)."""
-        try:
-            sent = os.write(self.fd, data) if self.nonblocking else self.sock.send(data, _DONTWAIT)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            self.failure = exc.strerror or "connection error"
+        sent = send(self.fd, data)
+        if sent < 0:
+            if sent == _EAGAIN:
+                return 0
+            self.failure = os.strerror(-sent)
             return -1
         self.written += sent
         return sent
@@ -124,18 +122,11 @@ class Peer:
 
     def start_splicing(self) -> bool:
         """Take what is relayed to this peer through a pipe from now on; False (keep copying) if no pipe can be
-        had. The socket is made non-blocking at the OS level: splice(2) obeys the socket's own flag."""
+        had."""
         try:
-            pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return False
-        try:
-            os.set_blocking(self.fd, False)
-        except OSError:
-            os.close(pipe_r)
-            os.close(pipe_w)
-            return False
-        self.pipe_r, self.pipe_w = pipe_r, pipe_w
         return True
 
     def splice_in(self, source: Peer) -> int:
@@ -160,13 +151,14 @@ class Peer:
 
     def shutdown_write(self) -> None:
         """Pass an end of input on: the peer reads EOF, and may still answer."""
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        shutdown_write(self.fd)  # a connection already broken says so at the next read or write
 
     def close(self) -> None:
-        self.sock.close()
+        """Close the socket (once) and the pipe."""
+        fd = self.fd
+        if fd >= 0:
+            self.fd = -1
+            os.close(fd)
         if self.pipe_r >= 0:
             os.close(self.pipe_r)
             os.close(self.pipe_w)

@@ -10,11 +10,10 @@ Its states and the moves between them are in ``states.py``.
 
 from __future__ import annotations
 
-import _socket
 import errno
 import logging
+import os
 import select
-import socket
 from typing import Final
 
 from uwsgirouter.protocol import (
@@ -52,6 +51,7 @@ from uwsgirouter.router.states import (
     InvalidTransition,
     next_state,
 )
+from uwsgirouter.router.sysio import connect, pack_sockaddr, send, so_error
 from uwsgirouter.text import printable
 
 #: the state machine's names, importable from here too (tests and the loop read states off a session)
@@ -76,8 +76,10 @@ EPOLLOUT: Final = select.EPOLLOUT
 EPOLLRDHUP: Final = select.EPOLLRDHUP
 _BROKEN: Final = select.EPOLLERR | select.EPOLLHUP
 _READABLE: Final = EPOLLIN | _BROKEN
-_SOCK_FLAGS: Final = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-_EINPROGRESS: Final = errno.EINPROGRESS
+_EAGAIN: Final = -errno.EAGAIN
+_OUT_OF_DESCRIPTORS: Final = (-errno.EMFILE, -errno.ENFILE)
+#: errors of socket(2), not of connect(2): the router cannot make a socket (answered 503, no other node tried)
+_NO_SOCKET: Final = (-errno.ENOBUFS, -errno.ENOMEM, -errno.EAFNOSUPPORT, -errno.EPROTONOSUPPORT)
 #: Bytes of a spilled (post-buffered) body read from its file per send.
 FILE_CHUNK: Final = 1 << 16
 #: Reads from a node per wake-up (bounded, so that one session cannot starve the others).
@@ -128,11 +130,12 @@ class Session:
         "upload",
     )
 
-    def __init__(self, loop: Loop, routing: Routing, settings: Settings, sock: _socket.socket) -> None:
+    def __init__(self, loop: Loop, routing: Routing, settings: Settings, fd: int) -> None:
+        """A session for the connected client socket ``fd`` (non-blocking; the session owns it)."""
         self.loop = loop
         self.routing = routing
         self.settings = settings
-        self.client = Peer(sock, EPOLLIN)
+        self.client = Peer(fd, EPOLLIN)
         self.backend: Peer | None = None
         self.state = HEAD
         self.reader: RequestReader | None = RequestReader()
@@ -436,46 +439,43 @@ class Session:
 
     def _connect(self, node: Node) -> bool:
         """Start connecting to ``node``: True once that is under way (or the session waits or answered)."""
-        try:
-            # the C type: socket.socket's Python-level __init__ and close() cost more than the system calls
-            sock = _socket.socket(node.family, _SOCK_FLAGS)
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
+        sockaddr = node.packed
+        if not sockaddr:
+            sockaddr = node.packed = pack_sockaddr(node.family, node.sockaddr)
+        fd = connect(node.family, sockaddr)
+        if fd < 0:
+            if fd in _OUT_OF_DESCRIPTORS:
                 # Out of descriptors: wait for one (sessions end all the time) instead of failing.
                 self.tried.pop()
                 self.routing.mapper.done(node)
                 self._enter(NO_DESCRIPTOR)
                 self.loop.wait_for_descriptor(self.resume_connect)
                 return True
-            self.routing.notes.error(
-                "key %s: cannot create a socket for node %s: %s", printable(self.key), node.name, exc
-            )
-            self._reply_error(503, "the router is out of resources")
-            return True
+            if fd in _NO_SOCKET:
+                self.routing.notes.error(
+                    "key %s: cannot create a socket for node %s: %s", printable(self.key), node.name, os.strerror(-fd)
+                )
+                self._reply_error(503, "the router is out of resources")
+                return True
+            self.node = node
+            self._connect_failed(node, -fd)
+            return False
         self.node = node
-        try:
-            err = sock.connect_ex(node.sockaddr)
-        except OSError as exc:  # an address the kernel refuses outright
-            err = exc.errno or errno.EINVAL
-        if err == 0 or err == _EINPROGRESS:
-            # Send the head at once: on loopback and UNIX sockets the connection is already up, which saves a
-            # poll round and two epoll_ctl calls per request. A node still handshaking answers EAGAIN, and then
-            # the session waits for writability as usual.
-            out = self._head_for(node)
-            try:
-                sent = sock.send(out)
-            except BlockingIOError:
-                self._attach_backend(sock, EPOLLOUT)
-                self._enter(CONNECT_STARTED)
-                return True
-            except OSError as exc:
-                err = exc.errno or errno.ECONNREFUSED
-            else:
-                self._attach_backend(sock, EPOLLIN | EPOLLRDHUP)
-                self._established(out, sent)
-                return True
-        sock.close()
-        self._connect_failed(node, err)
+        # Send the head at once: on loopback and UNIX sockets the connection is already up, which saves a poll
+        # round and two epoll_ctl calls per request. A node still handshaking answers EAGAIN, and then the session
+        # waits for writability as usual.
+        out = self._head_for(node)
+        sent = send(fd, out)
+        if sent >= 0:
+            self._attach_backend(fd, EPOLLIN | EPOLLRDHUP)
+            self._established(out, sent)
+            return True
+        if sent == _EAGAIN:
+            self._attach_backend(fd, EPOLLOUT)
+            self._enter(CONNECT_STARTED)
+            return True
+        os.close(fd)
+        self._connect_failed(node, -sent)
         return False
 
     def resume_connect(self) -> None:
@@ -486,8 +486,8 @@ class Session:
         if self.state != DONE:
             self._update_masks()
 
-    def _attach_backend(self, sock: _socket.socket, mask: int) -> None:
-        backend = self.backend = Peer(sock, mask, nonblocking=True)
+    def _attach_backend(self, fd: int, mask: int) -> None:
+        backend = self.backend = Peer(fd, mask)
         self.loop.register(backend.fd, self.on_backend, mask)
 
     def _head_for(self, node: Node) -> bytes:
@@ -500,9 +500,7 @@ class Session:
         out = bytearray(raw)
         out[0] = node.modifier1
         out[3] = node.modifier2
-        if self.upload:
-            out += self.upload
-            self.upload = b""
+        out += self.upload  # kept until the node took the head (_established): a failed connect needs them again
         return bytes(out)
 
     def _connect_finished(self) -> None:
@@ -510,16 +508,16 @@ class Session:
         backend = self.backend
         node = self.node
         assert backend is not None and node is not None
-        err = backend.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = so_error(backend.fd)
         if err == 0:
             out = self._head_for(node)
-            try:
-                sent = backend.sock.send(out)
-            except OSError as exc:
-                err = exc.errno or errno.ECONNREFUSED
-            else:
+            sent = send(backend.fd, out)
+            if sent >= 0:
                 self._established(out, sent)
                 return
+            err = -sent
+        elif err < 0:
+            err = -err
         self._drop_backend()
         self._connect_failed(node, err)
         self._connect_next()
@@ -544,6 +542,7 @@ class Session:
         assert node is not None and backend is not None
         node.stats.hits += 1
         backend.written += sent
+        self.upload = b""  # in ``out``
         self._enter(CONNECTED)
         if sent < len(out):
             backend.out += memoryview(out)[sent:]

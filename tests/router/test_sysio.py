@@ -1,0 +1,190 @@
+"""The per-request system calls (router/sysio.py): the C module and the pure build's Python versions, side by side,
+over real sockets: the same results, -errno instead of exceptions, non-blocking close-on-exec descriptors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uwsgirouter.router import sysio
+from uwsgirouter.router.nodes import resolve
+
+NATIVE: Any = sysio.NATIVE
+if NATIVE is None:  # the pure build, or UWSGIROUTER_PURE=1: the C module is tried directly when it was built
+    try:
+        from uwsgirouter.router import _fastio as NATIVE  # type: ignore[attr-defined,no-redef]
+    except ImportError:
+        NATIVE = None
+
+IMPLEMENTATIONS = ["python", "c"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request: pytest.FixtureRequest) -> Any:
+    if request.param == "python":
+        return type(
+            "Python",
+            (),
+            {
+                name: staticmethod(getattr(sysio, "py_" + name))
+                for name in ("accept", "connect", "send", "so_error", "shutdown_write")
+            },
+        )
+    if NATIVE is None:
+        pytest.skip("the C module was not built (a pure build)")
+    return NATIVE
+
+
+@pytest.fixture
+def unix_listener(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(tmp_path / "l.sock"))
+    sock.listen(8)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def is_nonblocking_cloexec(fd: int) -> bool:
+    return not os.get_blocking(fd) and not os.get_inheritable(fd)
+
+
+def test_accept_gives_a_descriptor_or_eagain(impl: Any, unix_listener: socket.socket) -> None:
+    assert impl.accept(unix_listener.fileno()) == -errno.EAGAIN, "nothing waits: no exception"
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(unix_listener.getsockname())
+    fd = impl.accept(unix_listener.fileno())
+    try:
+        assert fd >= 0 and is_nonblocking_cloexec(fd)
+        client.sendall(b"hi")
+        assert os.read(fd, 10) == b"hi"
+    finally:
+        os.close(fd)
+        client.close()
+
+
+def test_accept_on_a_closed_descriptor_is_ebadf(impl: Any) -> None:
+    fd = os.dup(0)
+    os.close(fd)
+    assert impl.accept(fd) == -errno.EBADF
+
+
+@pytest.mark.parametrize("family", ["unix", "abstract", "ipv4", "ipv6"])
+def test_connect_reaches_a_listener_by_its_packed_address(impl: Any, family: str, tmp_path: Path) -> None:
+    listener, name = listening(family, tmp_path)
+    try:
+        node_family, address = resolve(name)
+        packed = sysio.pack_sockaddr(node_family, address)
+        assert sysio.unpack_sockaddr(node_family, packed) == normalised(node_family, address)
+        fd = impl.connect(node_family, packed)
+        assert fd >= 0 and is_nonblocking_cloexec(fd)
+        conn, _ = listener.accept()
+        try:
+            assert wait_sent(impl.send, fd, b"head") == 4
+            assert conn.recv(10) == b"head"
+            assert impl.so_error(fd) == 0
+            assert impl.shutdown_write(fd) == 0
+            assert conn.recv(10) == b"", "the end of input was passed on"
+        finally:
+            conn.close()
+            os.close(fd)
+    finally:
+        listener.close()
+
+
+def test_connect_to_no_listener_is_refused_without_a_descriptor(impl: Any, tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    path = tmp_path / "gone.sock"
+    assert impl.connect(socket.AF_UNIX, sysio.pack_sockaddr(socket.AF_UNIX, str(path).encode())) == -errno.ENOENT
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.bind(str(path))  # a path whose socket listens no more
+    probe.close()
+    assert impl.connect(socket.AF_UNIX, sysio.pack_sockaddr(socket.AF_UNIX, str(path).encode())) == -errno.ECONNREFUSED
+    assert len(os.listdir("/proc/self/fd")) == before, "the socket of a failed connect is closed"
+
+
+def test_a_family_the_kernel_does_not_know_is_eafnosupport(impl: Any) -> None:
+    assert impl.connect(4242, sysio.pack_sockaddr(4242, b"x")) == -errno.EAFNOSUPPORT
+
+
+def test_send_reports_a_full_buffer_and_a_broken_connection_as_negative_errno(impl: Any) -> None:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    fd = ours.detach()
+    try:
+        for _ in range(10000):
+            sent = impl.send(fd, b"x" * 65536)
+            if sent < 0:
+                break
+        assert sent == -errno.EAGAIN
+        assert impl.send(fd, memoryview(b"abc")) == -errno.EAGAIN, "a memoryview is taken too"
+        theirs.close()
+        assert impl.send(fd, b"after") in (-errno.EPIPE, -errno.ECONNRESET), "no SIGPIPE, no exception"
+    finally:
+        os.close(fd)
+
+
+def test_so_error_and_shutdown_of_a_closed_descriptor_are_ebadf(impl: Any) -> None:
+    fd = os.dup(0)
+    os.close(fd)
+    assert impl.so_error(fd) == -errno.EBADF
+    assert impl.shutdown_write(fd) == -errno.EBADF
+
+
+def test_the_router_uses_the_c_module_unless_pure_python_was_asked_for() -> None:
+    import uwsgirouter
+
+    if uwsgirouter.pure_requested() or NATIVE is None:
+        assert sysio.accept is sysio.py_accept
+    else:
+        assert sysio.accept is NATIVE.accept and sysio.send is NATIVE.send
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+
+
+def listening(family: str, tmp_path: Path) -> tuple[socket.socket, str]:
+    if family in ("unix", "abstract"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if family == "unix":
+            name = str(tmp_path / "node.sock")
+            sock.bind(name)
+        else:
+            name = f"@uwsgirouter-test-{os.getpid()}-{id(sock)}"
+            sock.bind(b"\0" + name[1:].encode() + b"\0")  # uWSGI's abstract names end with a NUL
+    elif family == "ipv4":
+        sock = socket.create_server(("127.0.0.1", 0))
+        name = f"127.0.0.1:{sock.getsockname()[1]}"
+    else:
+        if not socket.has_ipv6:
+            pytest.skip("no IPv6")
+        try:
+            sock = socket.create_server(("::1", 0), family=socket.AF_INET6)
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        name = f"[::1]:{sock.getsockname()[1]}"
+    sock.listen(4)
+    sock.settimeout(5)
+    return sock, name
+
+
+def normalised(family: int, address: Any) -> Any:
+    return (*address, 0, 0) if family == socket.AF_INET6 else address
+
+
+def wait_sent(send: Callable[[int, bytes], int], fd: int, data: bytes) -> int:
+    """send() until the handshake is over (EAGAIN while it is not), with a deadline."""
+    import select
+
+    for _ in range(100):
+        sent = send(fd, data)
+        if sent != -errno.EAGAIN:
+            return sent
+        select.select([], [fd], [], 0.05)
+    raise AssertionError("never writable")
