@@ -332,6 +332,47 @@ def test_routing_key(pairs: Pairs, key: bytes) -> None:
     assert routing_key(tuple(pairs)) == key
 
 
+@FAST
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [FRK, HOST, NAME, b"CONTENT_LENGTH", b"OTHER", b"HTTP_HOSX", b"SERVER_NAMF", b"A" * 20, b"OTHERS"]
+            ),
+            st.sampled_from([b"", b"a", b"b", b"12", b"x" * 255, b"x" * 256, b"1" * 19]),
+        ),
+        max_size=10,
+    ),
+)
+def test_a_head_reads_its_vars_from_the_raw_bytes_as_the_parsed_pairs_say(pairs: Pairs) -> None:
+    """The reader leaves the vars unparsed; what the router reads from ``raw`` (get, routing_key, content_length)
+    is what the parsed pairs give, near-miss names and over-long values included."""
+    head = tr(encode_packet(pairs))
+    assert head.vars == tuple(pairs)
+    assert head.routing_key() == routing_key(pairs)
+    for name in (FRK, HOST, NAME, b"CONTENT_LENGTH", b"OTHER", b"MISSING"):
+        assert head.get(name) == next((v for k, v in reversed(pairs) if k == name), None)
+    try:
+        expected: int | str = content_length(pairs)
+    except RemoteProtocolError as exc:
+        expected = str(exc)
+    try:
+        got: int | str = head.content_length()
+    except RemoteProtocolError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_a_head_compares_and_shows_itself_by_its_vars() -> None:
+    packet = encode_packet([(HOST, b"example.com")], modifier1=5)
+    head = tr(packet)
+    assert head == RequestHead(5, 0, ((HOST, b"example.com"),), packet)
+    assert head != RequestHead(5, 1, ((HOST, b"example.com"),), packet)
+    assert head != "a string"
+    assert hash(head) == hash(RequestHead(5, 0, None, packet))
+    assert repr(head) == "RequestHead(modifier1=5, modifier2=0, vars=((b'HTTP_HOST', b'example.com'),))"
+
+
 def test_routing_key_from_a_parsed_request() -> None:
     head = tr(encode_packet([(NAME, b"name"), (b"X", b"y"), (HOST, b"www.example.com")]))
     assert routing_key(head.vars) == b"www.example.com"

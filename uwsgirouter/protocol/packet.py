@@ -93,8 +93,17 @@ def _parse_vars(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
     keeps anyway, without copying the block first. The u16 lengths are read by indexing two bytes:
     measured ~15 % faster than ``struct.unpack_from`` on a typical nginx request.
     """
+    return _walk_vars(data, start, end, True)
+
+
+def _check_vars(data: bytes, start: int, end: int) -> None:
+    """Raise what ``_parse_vars`` would for a malformed block, without making a single object for a good one (the
+    router reads only a few vars of a request, and those from the raw bytes: ``RequestHead.get``)."""
+    _walk_vars(data, start, end, False)
+
+
+def _walk_vars(data: bytes, start: int, end: int, collect: bool) -> list[tuple[bytes, bytes]]:
     pairs: list[tuple[bytes, bytes]] = []
-    append = pairs.append
     pos = start
     while pos < end:
         if pos + 2 > end:
@@ -117,7 +126,8 @@ def _parse_vars(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
             raise RemoteProtocolError(
                 f"vars block: value of {value_len} bytes at offset {key_end - start} runs past the end ({end - start})"
             )
-        append((data[key_start:key_end], data[value_start:pos]))
+        if collect:
+            pairs.append((data[key_start:key_end], data[value_start:pos]))
     return pairs
 
 

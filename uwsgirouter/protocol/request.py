@@ -15,17 +15,18 @@ Invariants:
   belong to the head: the header's size field is checked as soon as it arrives (status hint 431).
 * After a ``RemoteProtocolError`` every call raises one again; the buffers are dropped.
 * The common case (the whole head in one read) costs one slice for ``raw``, one for the leftover
-  body, and one pass over the vars; body chunks are handed back without copying when possible.
+  body, and one check of the vars block, which makes no object: the vars are parsed only when
+  ``RequestHead.vars`` is asked for; body chunks are handed back without copying when possible.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from .errors import LocalProtocolError, RemoteProtocolError
-from .packet import HEADER_SIZE, MAX_VARS_SIZE, _parse_vars
+from .packet import HEADER_SIZE, MAX_VARS_SIZE, _check_vars, _parse_vars
 
 __all__ = [
     "NEED_DATA",
@@ -62,25 +63,101 @@ class NeedData:
 NEED_DATA: Final = NeedData()
 
 
-@dataclass(frozen=True, slots=True)
 class RequestHead:
     """Header and vars of a request.
 
     ``raw`` is the exact header+vars bytes received: the router re-sends it to the backend after
-    rewriting bytes 0 and 3 (modifier1/modifier2), so the vars never have to be re-encoded.
+    rewriting bytes 0 and 3 (modifier1/modifier2), so the vars never have to be re-encoded. The reader
+    checks the vars block and leaves it unparsed: the router reads two or three vars of a request, which
+    ``get``, ``routing_key`` and ``content_length`` find in ``raw`` without making an object per var;
+    ``vars`` parses them all at its first use (an app worker's environ). A plain class, not a dataclass:
+    a dataclass's ``__init__`` is Python code even in the compiled build.
     """
 
-    modifier1: int
-    modifier2: int
-    vars: tuple[tuple[bytes, bytes], ...]
-    raw: bytes = field(repr=False)
+    __slots__ = ("_vars", "modifier1", "modifier2", "raw")
+
+    def __init__(
+        self, modifier1: int, modifier2: int, vars: tuple[tuple[bytes, bytes], ...] | None, raw: bytes
+    ) -> None:
+        """``vars`` None: parsed from ``raw`` when asked for (``raw`` must then hold a checked block)."""
+        self.modifier1 = modifier1
+        self.modifier2 = modifier2
+        self._vars = vars
+        self.raw = raw
+
+    @property
+    def vars(self) -> tuple[tuple[bytes, bytes], ...]:
+        """Every ``(key, value)`` pair in wire order, duplicates kept."""
+        pairs = self._vars
+        if pairs is None:
+            pairs = self._vars = tuple(_parse_vars(self.raw, HEADER_SIZE, len(self.raw)))
+        return pairs
 
     def get(self, name: bytes) -> bytes | None:
         """Return the value of var ``name`` (the last one if it is repeated, as uWSGI does), or None."""
-        for key, value in reversed(self.vars):
-            if key == name:
-                return value
-        return None
+        raw = self.raw
+        size = len(name)
+        found: bytes | None = None
+        pos = HEADER_SIZE
+        end = len(raw)
+        while pos < end:
+            key_len = raw[pos] | raw[pos + 1] << 8
+            key_start = pos + 2
+            key_end = key_start + key_len
+            value_start = key_end + 2
+            pos = value_start + (raw[key_end] | raw[key_end + 1] << 8)
+            if key_len == size and raw.startswith(name, key_start):
+                found = raw[value_start:pos]
+        return found
+
+    def routing_key(self) -> bytes:
+        """``routing_key(self.vars)``, read from ``raw`` (the same rules; tests compare the two)."""
+        raw = self.raw
+        key = b""
+        locked = False
+        pos = HEADER_SIZE
+        end = len(raw)
+        while pos < end:
+            key_len = raw[pos] | raw[pos + 1] << 8
+            key_start = pos + 2
+            key_end = key_start + key_len
+            value_start = key_end + 2
+            value_len = raw[key_end] | raw[key_end + 1] << 8
+            pos = value_start + value_len
+            if key_len == 9:
+                if not locked and value_len <= MAX_KEY_SIZE and raw.startswith(b"HTTP_HOST", key_start):
+                    key = raw[value_start:pos]
+            elif key_len == 11:
+                if not key and value_len <= MAX_KEY_SIZE and raw.startswith(b"SERVER_NAME", key_start):
+                    key = raw[value_start:pos]
+            elif key_len == 20 and value_len <= MAX_KEY_SIZE and raw.startswith(b"UWSGI_FASTROUTER_KEY", key_start):
+                key = raw[value_start:pos]
+                locked = True
+        return key
+
+    def content_length(self) -> int:
+        """``content_length(self.vars)``, read from ``raw``.
+
+        Raises:
+            RemoteProtocolError: the value is not 1 to 18 ASCII digits.
+        """
+        return _content_length_value(self.get(b"CONTENT_LENGTH") or b"")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestHead):
+            return NotImplemented
+        return (self.modifier1, self.modifier2, self.raw, self.vars) == (
+            other.modifier1,
+            other.modifier2,
+            other.raw,
+            other.vars,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.modifier1, self.modifier2, self.raw))
+
+    def __repr__(self) -> str:
+        return f"RequestHead(modifier1={self.modifier1!r}, modifier2={self.modifier2!r}, vars={self.vars!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,14 +284,14 @@ class RequestReader:
             return NEED_DATA
         raw = buf[:end] if type(buf) is bytes else bytes(buf[:end])
         try:
-            pairs = _parse_vars(raw, HEADER_SIZE, end)
+            _check_vars(raw, HEADER_SIZE, end)
         except RemoteProtocolError as exc:
             raise self._fail(exc) from None
         if len(buf) > end:
             self._body.append(bytes(buf[end:]))
         self._buf = b""
         self._head_done = True
-        return RequestHead(raw[0], raw[3], tuple(pairs), raw)
+        return RequestHead(raw[0], raw[3], None, raw)
 
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
         """Enter the error state (dropping the buffers) and return ``exc`` for the caller to raise."""
@@ -269,6 +346,10 @@ def content_length(vars: Sequence[tuple[bytes, bytes]]) -> int:
         if name == b"CONTENT_LENGTH":
             value = candidate
             break
+    return _content_length_value(value)
+
+
+def _content_length_value(value: bytes) -> int:
     if not value:
         return 0
     if len(value) > _MAX_CONTENT_LENGTH_DIGITS or not value.isdigit():

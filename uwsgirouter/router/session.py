@@ -23,8 +23,6 @@ from uwsgirouter.protocol import (
     RemoteProtocolError,
     RequestHead,
     RequestReader,
-    content_length,
-    routing_key,
 )
 from uwsgirouter.router.loop import Loop, Settings
 from uwsgirouter.router.mappers import UnsafeKey
@@ -355,7 +353,7 @@ class Session:
         self.reader = None
         if self.settings.post_buffering:
             try:
-                length = content_length(event.vars)
+                length = event.content_length()
             except RemoteProtocolError as exc:
                 self._reply_error(exc.error_status_hint, "invalid CONTENT_LENGTH")
                 return
@@ -393,7 +391,7 @@ class Session:
         head = self.head
         assert head is not None
         self.last_active = self.loop.now  # from now on the timeout counts silence, not the head's deadline
-        self.key = self.settings.force_key or routing_key(head.vars)
+        self.key = self.settings.force_key or head.routing_key()
         self.tried = []
         if self.loop.shutting_down:
             self._reply_error(503, "the router is shutting down")
