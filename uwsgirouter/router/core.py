@@ -18,6 +18,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from time import monotonic
 from typing import Final
 
 from uwsgirouter.ratelog import LogLimiter
@@ -309,7 +310,7 @@ class RouterLoop(Loop):
             self.busy = len(ready) > 1
             # The clock is read once per wake-up, before the handlers: what they stamp (a session's start and last
             # activity, dead marks, pauses) is the time of the wake-up, not of the wait before it.
-            self.now = now = time.monotonic()
+            self.now = now = monotonic()  # a module global: cheaper to reach than time.monotonic, compiled
             for fd, events in ready:
                 handler = handlers.get(fd)
                 if handler is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+from os import close, read, splice
 from typing import Final
 
 from uwsgirouter.router.sysio import send, shutdown_write
@@ -66,7 +67,7 @@ class Peer:
         """Up to ``size`` bytes, ``b""`` once the peer closed its side; ``None`` when there is nothing now or the
         connection broke (then ``failure`` says why)."""
         try:
-            data = os.read(self.fd, size)
+            data = read(self.fd, size)  # a module global: cheaper to reach than os.read, compiled
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -110,7 +111,7 @@ class Peer:
                 return True
         if self.piped:
             try:
-                sent = os.splice(self.pipe_r, self.fd, self.piped, flags=_SPLICE_FLAGS)
+                sent = splice(self.pipe_r, self.fd, self.piped, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 return True
             except OSError as exc:
@@ -136,7 +137,7 @@ class Peer:
         if room <= 0:
             return NOTHING
         try:
-            moved = os.splice(source.fd, self.pipe_w, room, flags=_SPLICE_FLAGS)
+            moved = splice(source.fd, self.pipe_w, room, flags=_SPLICE_FLAGS)
         except BlockingIOError:
             return NOTHING
         except OSError as exc:
@@ -158,8 +159,8 @@ class Peer:
         fd = self.fd
         if fd >= 0:
             self.fd = -1
-            os.close(fd)
+            close(fd)
         if self.pipe_r >= 0:
-            os.close(self.pipe_r)
-            os.close(self.pipe_w)
+            close(self.pipe_r)
+            close(self.pipe_w)
             self.pipe_r = self.pipe_w = -1
