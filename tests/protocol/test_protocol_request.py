@@ -34,6 +34,7 @@ from uwsgirouter.protocol import (
     decode_vars,
     encode_packet,
     routing_key,
+    whole_head,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -513,6 +514,37 @@ def test_reader_parses_or_raises_remote_error(data: bytes, draw: st.DataObject, 
         assert isinstance(pieces, list)
         check_events(data, pieces)
         assert pieces[0] == whole[0]
+
+
+@FAST
+@given(st.one_of(st.binary(max_size=120), near_valid()), st.integers(0, 130))
+def test_whole_head_takes_a_complete_head_as_the_reader_would_and_leaves_the_rest(data: bytes, cut: int) -> None:
+    """The router's first-read shortcut: a head the read holds whole is the reader's head (or the reader's error);
+    a head cut short is None, never an error, so the reader gets the bytes."""
+    data = data[:cut]
+    reader = RequestReader()
+    reader.receive_data(data)
+    try:
+        expected: Any = reader.next_event()
+    except RemoteProtocolError as exc:
+        expected = ("error", str(exc), exc.error_status_hint)
+    try:
+        got: Any = whole_head(data)
+    except RemoteProtocolError as exc:
+        got = ("error", str(exc), exc.error_status_hint)
+    if expected is NEED_DATA or isinstance(expected, ConnectionClosed):  # (b"" is the end of input to a reader)
+        assert got is None
+    else:
+        assert got == expected
+        if isinstance(got, RequestHead):
+            assert data.startswith(got.raw)
+
+
+def test_whole_head_of_a_read_that_is_exactly_the_head_keeps_the_same_bytes() -> None:
+    packet = encode_packet([(HOST, b"example.com")])
+    head = whole_head(packet)
+    assert head is not None and head.raw is packet, "no copy of a head that is the whole read"
+    assert whole_head(packet[:3]) is None and whole_head(b"") is None
 
 
 @FAST

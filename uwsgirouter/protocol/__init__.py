@@ -28,6 +28,7 @@ from .request import (
     RequestReader,
     content_length,
     routing_key,
+    whole_head,
 )
 from .subscription import Command, Subscription, decode_subscription, encode_subscription
 
@@ -57,4 +58,5 @@ __all__ = [
     "encode_subscription",
     "encode_vars",
     "routing_key",
+    "whole_head",
 ]

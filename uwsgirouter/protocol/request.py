@@ -38,6 +38,7 @@ __all__ = [
     "RequestReader",
     "content_length",
     "routing_key",
+    "whole_head",
 ]
 
 #: uWSGI ignores key candidates longer than this (its key buffer is 255 bytes).
@@ -284,14 +285,14 @@ class RequestReader:
             return NEED_DATA
         raw = buf[:end] if type(buf) is bytes else bytes(buf[:end])
         try:
-            _check_vars(raw, HEADER_SIZE, end)
+            head = _checked_head(raw)
         except RemoteProtocolError as exc:
             raise self._fail(exc) from None
         if len(buf) > end:
             self._body.append(bytes(buf[end:]))
         self._buf = b""
         self._head_done = True
-        return RequestHead(raw[0], raw[3], None, raw)
+        return head
 
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
         """Enter the error state (dropping the buffers) and return ``exc`` for the caller to raise."""
@@ -310,6 +311,30 @@ class RequestReader:
         return RemoteProtocolError(
             f"request reader is in the error state: {error}", error_status_hint=error.error_status_hint
         )
+
+
+def whole_head(data: bytes) -> RequestHead | None:
+    """The head at the start of ``data`` if all of it is there, else None (then a ``RequestReader`` gathers it).
+
+    The usual first read of a connection holds the whole head: taking it from there costs no reader, no event
+    objects and no copy of a head that is the whole read. The bytes after it are the caller's (``data[len(raw):]``).
+    No limit on the vars block but the header's own (a reader's ``max_vars_size`` at its default).
+
+    Raises:
+        RemoteProtocolError: the vars block is malformed (as ``next_event`` would raise it).
+    """
+    size = len(data)
+    if size < HEADER_SIZE:
+        return None
+    end = HEADER_SIZE + (data[1] | data[2] << 8)
+    if size < end:
+        return None
+    return _checked_head(data if size == end else data[:end])
+
+
+def _checked_head(raw: bytes) -> RequestHead:
+    _check_vars(raw, HEADER_SIZE, len(raw))
+    return RequestHead(raw[0], raw[3], None, raw)
 
 
 def routing_key(vars: Sequence[tuple[bytes, bytes]]) -> bytes:

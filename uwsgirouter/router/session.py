@@ -23,6 +23,7 @@ from uwsgirouter.protocol import (
     RemoteProtocolError,
     RequestHead,
     RequestReader,
+    whole_head,
 )
 from uwsgirouter.router.loop import Loop, Settings
 from uwsgirouter.router.mappers import UnsafeKey
@@ -136,7 +137,8 @@ class Session:
         self.client = Peer(fd, EPOLLIN)
         self.backend: Peer | None = None
         self.state = HEAD
-        self.reader: RequestReader | None = RequestReader()
+        #: gathers a head that did not come whole in the first read (made then)
+        self.reader: RequestReader | None = None
         self.head: RequestHead | None = None
         self.key = b""
         self.node: Node | None = None
@@ -331,8 +333,15 @@ class Session:
 
     def _feed_head(self, data: bytes) -> None:
         reader = self.reader
-        assert reader is not None
         try:
+            if reader is None:
+                head = whole_head(data)
+                if head is not None:  # the usual case: the first read holds the whole head
+                    if len(data) > len(head.raw):
+                        self.upload = data[len(head.raw) :]
+                    self._head_read(head)
+                    return
+                reader = self.reader = RequestReader()
             reader.receive_data(data)
             event = reader.next_event()
             if event is NEED_DATA:
@@ -341,7 +350,6 @@ class Session:
                 self._finish()
                 return
             assert isinstance(event, RequestHead)
-            self.head = event
             rest = reader.next_event()
         except RemoteProtocolError as exc:
             self.routing.notes.warning("invalid request from client: %s", exc)
@@ -351,9 +359,14 @@ class Session:
             self.upload = _grow(self.upload, rest.data)
         # (the reader hears of the client's end of input only from a later read, never with the head's bytes)
         self.reader = None
+        self._head_read(event)
+
+    def _head_read(self, head: RequestHead) -> None:
+        """The head is in (and the body bytes that came with it are in ``upload``): buffer the body, or route."""
+        self.head = head
         if self.settings.post_buffering:
             try:
-                length = event.content_length()
+                length = head.content_length()
             except RemoteProtocolError as exc:
                 self._reply_error(exc.error_status_hint, "invalid CONTENT_LENGTH")
                 return
