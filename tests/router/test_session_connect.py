@@ -353,6 +353,24 @@ def test_a_head_with_body_bytes_in_the_same_read_sends_them_with_the_head(loop: 
     client.close()
 
 
+def test_a_head_in_pieces_whose_last_piece_brings_body_bytes_sends_them_with_the_head(
+    loop: FakeLoop, node: Backend
+) -> None:
+    session, client = open_session(loop, static_routing(node.node))
+    client.sendall(GET[:7])  # not the whole head: the session gathers it with a reader
+    loop.step(0.1)
+    assert session.head is None and session.reader is not None
+    client.sendall(GET[7:] + b"early body")
+    loop.step(0.5)
+    conn = node.accept()
+    assert recv_exactly(conn, len(GET) + 10) == GET + b"early body"
+    assert session.reader is None
+    conn.sendall(ANSWER)
+    conn.close()
+    assert read_to_end(client, loop) == ANSWER
+    client.close()
+
+
 # -- post-buffering ----------------------------------------------------------------------------------------------
 
 
