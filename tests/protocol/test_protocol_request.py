@@ -364,6 +364,20 @@ def test_a_head_reads_its_vars_from_the_raw_bytes_as_the_parsed_pairs_say(pairs:
     assert got == expected
 
 
+def test_long_keys_and_values_are_read_from_the_raw_head_by_both_length_bytes() -> None:
+    """Lengths of 256 bytes and more use the high byte: the raw readers and whole_head must read it."""
+    long_key = b"X" * 300
+    pairs = [(long_key, b"v" * 280), (HOST, b"h" * 255), (b"CONTENT_LENGTH", b"7"), (b"Y" * 265, b"late")]
+    packet = encode_packet(pairs)
+    head = whole_head(packet + b"body")
+    assert head is not None and head.raw == packet
+    assert head.get(long_key) == b"v" * 280
+    assert head.get(b"Y" * 265) == b"late"
+    assert head.routing_key() == b"h" * 255
+    assert head.content_length() == 7
+    assert whole_head(packet[:-1]) is None
+
+
 def test_a_head_compares_and_shows_itself_by_its_vars() -> None:
     packet = encode_packet([(HOST, b"example.com")], modifier1=5)
     head = tr(packet)
