@@ -122,6 +122,34 @@ def test_no_pipe_to_be_had_keeps_the_copy_path(pairs: Pairs) -> None:
     assert sink.pipe_r == sink.pipe_w == -1
 
 
+def test_a_peer_on_descriptor_0_closes_it_and_its_pipe_on_0_too() -> None:
+    """0 is a descriptor like any other (a router whose stdin was closed accepts on it): closing must not skip it."""
+    saved = os.dup(0)
+    ours, theirs = socket.socketpair()
+    other, far = socket.socketpair()  # made now: once 0 is free, a new descriptor would take it
+    try:
+        os.dup2(ours.fileno(), 0)
+        ours.close()
+        peer = Peer(0, 0)
+        peer.close()
+        with pytest.raises(OSError):
+            os.fstat(0)
+        # with 0 free, a splicing peer's pipe gets it
+        sink = Peer(other.detach(), 0)
+        assert sink.start_splicing() and 0 in (sink.pipe_r, sink.pipe_w)
+        pipe = (sink.pipe_r, sink.pipe_w)
+        sink.close()
+        for fd in pipe:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        theirs.close()
+        far.close()
+        other.close()
+
+
 def test_splice_in_moves_bytes_from_one_socket_to_the_other(
     pairs: Pairs,
 ) -> None:
@@ -133,6 +161,10 @@ def test_splice_in_moves_bytes_from_one_socket_to_the_other(
     assert (source.received, sink.written, sink.piped) == (5, 5, 0)
     assert not sink.pending() and sink.queued() == 0
     assert sink_far.recv(10) == b"hello"
+    source_far.sendall(b"again")
+    assert sink.splice_in(source) == 5
+    assert (source.received, sink.written) == (10, 10), "the counts add up over splices"
+    assert sink_far.recv(10) == b"again"
     source_far.shutdown(socket.SHUT_WR)
     assert sink.splice_in(source) == 0
     assert source.eof

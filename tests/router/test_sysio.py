@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,50 @@ def test_the_router_uses_the_c_module_unless_pure_python_was_asked_for() -> None
         assert sysio.accept is sysio.py_accept
     else:
         assert sysio.accept is NATIVE.accept and sysio.send is NATIVE.send
+
+
+def family_bytes(family: int) -> bytes:
+    return family.to_bytes(2, sys.byteorder)
+
+
+@pytest.mark.parametrize(
+    ("family", "address", "expected"),
+    [
+        (socket.AF_UNIX, "/run/app.sock", b"/run/app.sock\0"),
+        (socket.AF_UNIX, b"/run/app.sock", b"/run/app.sock\0"),
+        (socket.AF_UNIX, "/run/X", b"/run/X\0"),  # only the terminator is stripped when unpacking
+        (socket.AF_UNIX, b"\0name\0", b"\0name\0"),  # abstract (uWSGI's trailing NUL kept): no terminator added
+        (socket.AF_INET, ("127.0.0.1", 3031), bytes([0x0B, 0xD7, 127, 0, 0, 1]) + bytes(8)),
+        (socket.AF_INET6, ("::1", 3031), bytes([0x0B, 0xD7]) + bytes(4) + bytes(15) + b"\1" + bytes(4)),
+        (
+            socket.AF_INET6,
+            ("fe80::1", 3031, 0x01020304, 7),
+            bytes([0x0B, 0xD7, 1, 2, 3, 4, 0xFE, 0x80]) + bytes(13) + b"\1" + (7).to_bytes(4, sys.byteorder),
+        ),
+        (4242, b"x", b"x"),
+        (4242, ("odd", 1), b""),
+    ],
+    ids=["path", "path-bytes", "path-x", "abstract", "ipv4", "ipv6", "ipv6-flow-scope", "unknown", "unknown-tuple"],
+)
+def test_a_node_address_is_packed_as_the_kernel_reads_a_sockaddr(family: int, address: Any, expected: bytes) -> None:
+    packed = sysio.pack_sockaddr(family, address)
+    assert packed == family_bytes(family) + expected
+    back = sysio.unpack_sockaddr(family, packed)
+    if family == socket.AF_INET6:
+        assert back == (*address, 0, 0)[:4]
+    elif family == socket.AF_UNIX:
+        assert back == (address if isinstance(address, bytes) else address.encode())
+    elif family == socket.AF_INET:
+        assert back == address
+    else:
+        assert back == expected
+
+
+def test_a_peer_failure_without_words_still_says_it_failed() -> None:
+    from uwsgirouter.router.peer import failure_reason
+
+    assert failure_reason(OSError()) == "connection error"
+    assert failure_reason(OSError(errno.EPIPE, "Broken pipe")) == "Broken pipe"
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------

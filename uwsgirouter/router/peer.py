@@ -30,6 +30,11 @@ SOURCE_FAILED: Final = -2
 SINK_FAILED: Final = -3
 
 
+def failure_reason(exc: OSError) -> str:
+    """The OS's words for a broken connection (an OSError made without them still says it failed)."""
+    return exc.strerror or "connection error"
+
+
 class Peer:
     """A connected socket, what is queued for it, what the loop waits for on it, and whether its input ended."""
 
@@ -71,7 +76,7 @@ class Peer:
         except BlockingIOError:
             return None
         except OSError as exc:
-            self.failure = exc.strerror or "connection error"
+            self.failure = failure_reason(exc)
             return None
         self.received += len(data)
         return data
@@ -115,7 +120,7 @@ class Peer:
             except BlockingIOError:
                 return True
             except OSError as exc:
-                self.failure = exc.strerror or "connection error"
+                self.failure = failure_reason(exc)
                 return False
             self.piped -= sent
             self.written += sent
@@ -141,7 +146,7 @@ class Peer:
         except BlockingIOError:
             return NOTHING
         except OSError as exc:
-            source.failure = exc.strerror or "connection error"
+            source.failure = failure_reason(exc)
             return SOURCE_FAILED
         if not moved:
             source.eof = True
