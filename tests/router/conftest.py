@@ -16,6 +16,17 @@ from uwsgirouter.sock import Listener
 
 
 @pytest.fixture
+def listener(tmp_path: Path) -> Iterator[socket.socket]:
+    """A non-blocking UNIX listener, as the router's are."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(tmp_path / "router.sock"))
+    sock.listen(64)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
 def loop() -> Iterator[FakeLoop]:
     fake = FakeLoop()
     yield fake

@@ -12,7 +12,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +54,6 @@ class LiveMapper(Mapper):
 
     def live_nodes(self) -> int | None:
         return self.live
-
-
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(tmp_path / "router.sock"))
-    sock.listen(64)
-    sock.setblocking(False)
-    yield sock
-    sock.close()
 
 
 def make_loop(listener: socket.socket, routing: Routing, settings: Settings | None = None, **kwargs: Any) -> RouterLoop:

@@ -7,7 +7,7 @@ import errno
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,25 +42,15 @@ def impl(request: pytest.FixtureRequest) -> Any:
     return NATIVE
 
 
-@pytest.fixture
-def unix_listener(tmp_path: Path) -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(tmp_path / "l.sock"))
-    sock.listen(8)
-    sock.setblocking(False)
-    yield sock
-    sock.close()
-
-
 def is_nonblocking_cloexec(fd: int) -> bool:
     return not os.get_blocking(fd) and not os.get_inheritable(fd)
 
 
-def test_accept_gives_a_descriptor_or_eagain(impl: Any, unix_listener: socket.socket) -> None:
-    assert impl.accept(unix_listener.fileno()) == -errno.EAGAIN, "nothing waits: no exception"
+def test_accept_gives_a_descriptor_or_eagain(impl: Any, listener: socket.socket) -> None:
+    assert impl.accept(listener.fileno()) == -errno.EAGAIN, "nothing waits: no exception"
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.connect(unix_listener.getsockname())
-    fd = impl.accept(unix_listener.fileno())
+    client.connect(listener.getsockname())
+    fd = impl.accept(listener.fileno())
     try:
         assert fd >= 0 and is_nonblocking_cloexec(fd)
         client.sendall(b"hi")
