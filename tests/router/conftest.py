@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import struct
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,20 @@ def client_of(listener: socket.socket | Listener, data: bytes = b"") -> socket.s
     if data:
         sock.sendall(data)
     return sock
+
+
+@contextmanager
+def descriptors_left(count: int = 0) -> Iterator[None]:
+    """RLIMIT_NOFILE lowered so that ``count`` more descriptors can be opened (the next ones fail with EMFILE),
+    and restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + count, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def reset(sock: socket.socket) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.router.conftest import client_of, messages
+from tests.router.conftest import client_of, descriptors_left, messages
 from tests.router.fakeloop import Backend, routing_for, static_routing
 from tests.support import read_all, recv_exactly, request_vars, uwsgi_packet
 from tools.harness import wait_until
@@ -300,12 +300,8 @@ def test_an_accept_without_descriptors_pauses_and_the_loop_resumes_by_itself(
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(5)
     running = Running(loop)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    probe = os.dup(0)
-    os.close(probe)
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))  # not even the client's descriptor
-        try:
+        with descriptors_left(0):  # not even the client's descriptor
             client.connect(listener.getsockname())
             client.sendall(GET)
             wait_until(
@@ -313,8 +309,6 @@ def test_an_accept_without_descriptors_pauses_and_the_loop_resumes_by_itself(
                 5,
             )
             assert not loop.sessions
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         conn = node.accept()  # accepted once the pause is over, with no other event
         recv_exactly(conn, len(GET))
         conn.sendall(ANSWER)
@@ -486,20 +480,14 @@ def test_a_request_that_finds_no_descriptor_waits_and_is_served_when_one_frees(
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(5)
     running = Running(loop)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    probe = os.dup(0)
-    os.close(probe)
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (probe + 1, hard))  # room for the client, none for its node
-        try:
+        with descriptors_left(1):  # room for the client, none for its node
             client.connect(listener.getsockname())
             client.sendall(GET)
             wait_until(lambda: loop.fd_waiters, 5)
             (session,) = loop.sessions
             assert session.state == WAITING
             assert not loop.accepting
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         conn = node.accept()
         assert recv_exactly(conn, len(GET)) == GET
         conn.sendall(ANSWER)

@@ -5,7 +5,6 @@ state. Client and node are sockets the test plays; no process is started."""
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import select
 import signal
@@ -15,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.router.conftest import messages, read_to_end, recv_stepping, send_stepping, steps, tcp_backend
+from tests.router.conftest import (
+    descriptors_left,
+    messages,
+    read_to_end,
+    recv_stepping,
+    send_stepping,
+    steps,
+    tcp_backend,
+)
 from tests.router.fakeloop import Backend, FakeLoop, handed, open_session, routing_for, static_routing
 from tests.support import parse_vars, recv_exactly, request_vars, uwsgi_packet
 from uwsgirouter.router.loop import Settings
@@ -211,21 +218,11 @@ def test_a_socket_the_system_will_not_create_gets_a_503(loop: FakeLoop, caplog: 
     client.close()
 
 
-def lowest_free_fd() -> int:
-    fd = os.dup(0)
-    os.close(fd)
-    return fd
-
-
 def test_with_no_descriptor_left_the_session_waits_and_goes_on_when_resumed(loop: FakeLoop, node: Backend) -> None:
     session, client = open_session(loop, static_routing(node.node))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_fd(), hard))
-    try:
+    with descriptors_left(0):
         client.sendall(GET)
         loop.step(0.5)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert session.state == WAITING
     assert session.tried == [] and session.node is None
     assert len(loop.waiting) == 1
@@ -243,13 +240,9 @@ def test_with_no_descriptor_left_the_session_waits_and_goes_on_when_resumed(loop
 
 def test_a_session_resumed_when_its_node_is_gone_gets_a_502(loop: FakeLoop, node: Backend) -> None:
     session, client = open_session(loop, static_routing(node.node))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_fd(), hard))
-    try:
+    with descriptors_left(0):
         client.sendall(GET)
         loop.step(0.5)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert session.state == WAITING
     node.listener.close()  # the node went away meanwhile: its connect is refused
     node.path.unlink()
@@ -262,13 +255,9 @@ def test_a_session_resumed_when_its_node_is_gone_gets_a_502(loop: FakeLoop, node
 
 def test_a_session_that_waited_for_a_descriptor_too_long_gets_a_503(loop: FakeLoop, node: Backend) -> None:
     session, client = open_session(loop, static_routing(node.node))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_fd(), hard))
-    try:
+    with descriptors_left(0):
         client.sendall(GET)
         loop.step(0.5)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert session.state == WAITING
     session.timed_out()
     answer = read_to_end(client, loop)

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.router.conftest import messages, read_to_end, recv_stepping, send_stepping, steps, tcp_backend
+from tests.router.conftest import (
+    descriptors_left,
+    messages,
+    read_to_end,
+    recv_stepping,
+    send_stepping,
+    steps,
+    tcp_backend,
+)
 from tests.router.fakeloop import Backend, FakeLoop, open_session, routing_for, static_routing
 from tests.support import recv_exactly, request_vars, uwsgi_packet
 from uwsgirouter.router.loop import Settings
@@ -91,20 +99,12 @@ def test_the_mapper_hears_the_end_of_both_nodes_of_a_resent_request(
 
 
 def test_a_node_given_up_for_want_of_a_descriptor_is_handed_back(loop: FakeLoop, node: Backend) -> None:
-    import os
-    import resource
 
     mapper = Recording([node.node])
     session, client = open_session(loop, routing_for(mapper))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    probe = os.dup(0)
-    os.close(probe)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
-    try:
+    with descriptors_left(0):
         client.sendall(GET)
         loop.step(0.3)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert session.state == WAITING
     assert mapper.calls == [("done", node.node)]
     client.close()
@@ -229,19 +229,11 @@ def test_a_request_without_a_key_is_logged_with_where_a_key_comes_from(
 
 
 def test_a_request_waiting_too_long_for_a_descriptor_says_why_in_its_503(loop: FakeLoop, node: Backend) -> None:
-    import os
-    import resource
 
     session, client = open_session(loop, static_routing(node.node))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    probe = os.dup(0)
-    os.close(probe)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
-    try:
+    with descriptors_left(0):
         client.sendall(GET)
         loop.step(0.3)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     session.timed_out()
     assert read_to_end(client, loop).endswith(b"503 Service Unavailable: the router is out of resources\n")
     client.close()

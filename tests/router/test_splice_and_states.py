@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import resource
 import select
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.router.conftest import read_to_end, recv_stepping
+from tests.router.conftest import descriptors_left, read_to_end, recv_stepping
 from tests.router.fakeloop import Backend, FakeLoop, open_session, static_routing
 from tests.support import recv_exactly, request_vars, uwsgi_packet
 from uwsgirouter.router.loop import Settings
@@ -111,14 +110,8 @@ def test_a_splicing_peer_gets_a_pipe_that_never_blocks(
 
 def test_no_pipe_to_be_had_keeps_the_copy_path(pairs: Pairs) -> None:
     _, _, sink, _ = pairs
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    probe = os.dup(0)
-    os.close(probe)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
-    try:
+    with descriptors_left(0):
         assert sink.start_splicing() is False
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert sink.pipe_r == sink.pipe_w == -1
 
 
