@@ -334,32 +334,32 @@ class Session:
     def _feed_head(self, data: bytes) -> None:
         reader = self.reader
         try:
-            if reader is None:
-                head = whole_head(data)
-                if head is not None:  # the usual case: the first read holds the whole head
-                    if len(data) > len(head.raw):
-                        self.upload = data[len(head.raw) :]
-                    self._head_read(head)
+            head = whole_head(data) if reader is None else None
+            if head is not None:  # the usual case: the first read holds the whole head
+                rest = data[len(head.raw) :]
+            else:
+                if reader is None:
+                    reader = self.reader = RequestReader()
+                reader.receive_data(data)
+                event = reader.next_event()
+                if event is NEED_DATA:
                     return
-                reader = self.reader = RequestReader()
-            reader.receive_data(data)
-            event = reader.next_event()
-            if event is NEED_DATA:
-                return
-            if isinstance(event, ConnectionClosed):
-                self._finish()
-                return
-            assert isinstance(event, RequestHead)
-            rest = reader.next_event()
+                if isinstance(event, ConnectionClosed):
+                    self._finish()
+                    return
+                assert isinstance(event, RequestHead)
+                head = event
+                more = reader.next_event()
+                # (the reader hears of the client's end of input only from a later read, never with the head's bytes)
+                rest = more.data if isinstance(more, Body) else b""
+                self.reader = None
         except RemoteProtocolError as exc:
             self.routing.notes.warning("invalid request from client: %s", exc)
             self._reply_error(exc.error_status_hint, "invalid uwsgi request")
             return
-        if isinstance(rest, Body):
-            self.upload = _grow(self.upload, rest.data)
-        # (the reader hears of the client's end of input only from a later read, never with the head's bytes)
-        self.reader = None
-        self._head_read(event)
+        if rest:
+            self.upload = rest  # nothing was held before the head
+        self._head_read(head)
 
     def _head_read(self, head: RequestHead) -> None:
         """The head is in (and the body bytes that came with it are in ``upload``): buffer the body, or route."""
@@ -468,7 +468,6 @@ class Session:
                 )
                 self._reply_error(503, "the router is out of resources")
                 return True
-            self.node = node
             self._connect_failed(node, -fd)
             return False
         self.node = node
