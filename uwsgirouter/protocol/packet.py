@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
@@ -38,9 +39,9 @@ __all__ = [
     "encode_vars",
 ]
 
-HEADER_SIZE = 4
+HEADER_SIZE: Final = 4
 #: The size field is 16 bits wide, so no vars block (and no key or value) can be longer.
-MAX_VARS_SIZE = 65535
+MAX_VARS_SIZE: Final = 65535
 #: modifier1 of a subscription datagram (receivers ignore it, senders always use it).
 SUBSCRIPTION_MODIFIER1 = 224
 

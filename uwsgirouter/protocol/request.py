@@ -45,6 +45,8 @@ __all__ = [
 MAX_KEY_SIZE: Final = 255
 #: 18 decimal digits always fit a signed 64-bit length; anything longer is nonsense, not a body size.
 _MAX_CONTENT_LENGTH_DIGITS: Final = 18
+_H: Final = ord("H")  # HTTP_HOST[0]
+_N: Final = ord("N")  # SERVER_NAME[7]
 
 
 class NeedData:
@@ -107,7 +109,8 @@ class RequestHead:
             key_end = key_start + key_len
             value_start = key_end + 2
             pos = value_start + (raw[key_end] | raw[key_end + 1] << 8)
-            if key_len == size and raw.startswith(name, key_start):
+            # the first byte before the slice: most keys differ there, and a slice is an object
+            if key_len == size and raw[key_start] == name[0] and raw[key_start:key_end] == name:
                 found = raw[value_start:pos]
         return found
 
@@ -125,13 +128,26 @@ class RequestHead:
             value_start = key_end + 2
             value_len = raw[key_end] | raw[key_end + 1] << 8
             pos = value_start + value_len
+            # A byte that tells the name from the other vars of its length comes before the comparison, which needs
+            # a slice (an object): PATH_INFO has HTTP_HOST's length, and REQUEST_URI, REMOTE_ADDR, REMOTE_PORT and
+            # SERVER_PORT have SERVER_NAME's.
             if key_len == 9:
-                if not locked and value_len <= MAX_KEY_SIZE and raw.startswith(b"HTTP_HOST", key_start):
+                if (
+                    not locked
+                    and value_len <= MAX_KEY_SIZE
+                    and raw[key_start] == _H
+                    and raw[key_start:key_end] == b"HTTP_HOST"
+                ):
                     key = raw[value_start:pos]
             elif key_len == 11:
-                if not key and value_len <= MAX_KEY_SIZE and raw.startswith(b"SERVER_NAME", key_start):
+                if (
+                    not key
+                    and value_len <= MAX_KEY_SIZE
+                    and raw[key_start + 7] == _N
+                    and raw[key_start:key_end] == b"SERVER_NAME"
+                ):
                     key = raw[value_start:pos]
-            elif key_len == 20 and value_len <= MAX_KEY_SIZE and raw.startswith(b"UWSGI_FASTROUTER_KEY", key_start):
+            elif key_len == 20 and value_len <= MAX_KEY_SIZE and raw[key_start:key_end] == b"UWSGI_FASTROUTER_KEY":
                 key = raw[value_start:pos]
                 locked = True
         return key
