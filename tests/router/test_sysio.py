@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,20 +31,18 @@ if NATIVE is None:  # the pure build, or UWSGIROUTER_PURE=1: the C module is tri
 IMPLEMENTATIONS = ["python", "c"]
 
 
+CALLS = ("accept", "connect", "send", "so_error", "shutdown_write", "read", "close", "epoll_create", "epoll_ctl",
+         "epoll_wait")  # fmt: skip
+
+
 @pytest.fixture(params=IMPLEMENTATIONS)
 def impl(request: pytest.FixtureRequest) -> Any:
     if request.param == "python":
-        return type(
-            "Python",
-            (),
-            {
-                name: staticmethod(getattr(sysio, "py_" + name))
-                for name in ("accept", "connect", "send", "so_error", "shutdown_write")
-            },
-        )
+        calls = {name: getattr(sysio, "py_" + name) for name in CALLS}
+        return SimpleNamespace(**calls, epoll_close=sysio.py_epoll_close)
     if NATIVE is None:
         pytest.skip("the C module was not built (a pure build)")
-    return NATIVE
+    return SimpleNamespace(**{name: getattr(NATIVE, name) for name in CALLS}, epoll_close=NATIVE.close)
 
 
 def is_nonblocking_cloexec(fd: int) -> bool:
@@ -128,13 +131,127 @@ def test_so_error_and_shutdown_of_a_closed_descriptor_are_ebadf(impl: Any) -> No
     assert impl.shutdown_write(fd) == -errno.EBADF
 
 
+def test_read_gives_bytes_end_of_input_or_negative_errno(impl: Any) -> None:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    fd = ours.detach()
+    try:
+        assert impl.read(fd, 100) == -errno.EAGAIN, "nothing to read: no exception"
+        theirs.sendall(b"hello")
+        assert impl.read(fd, 3) == b"hel"
+        assert impl.read(fd, 65536) == b"lo", "what is there, not the size asked"
+        assert impl.read(fd, 0) == b""
+        theirs.sendall(b"x" * 70000)
+        got = b""
+        while len(got) < 70000:
+            piece = impl.read(fd, 65536)
+            assert isinstance(piece, bytes) and len(piece) <= 65536
+            got += piece
+        assert got == b"x" * 70000
+        theirs.close()
+        assert impl.read(fd, 100) == b"", "the end of input"
+    finally:
+        os.close(fd)
+    assert impl.read(fd, 100) == -errno.EBADF
+
+
+def test_close_releases_a_descriptor_once(impl: Any) -> None:
+    fd = os.dup(0)
+    assert impl.close(fd) == 0
+    assert impl.close(fd) == -errno.EBADF, "twice is -EBADF, not an exception"
+
+
+def test_an_epoll_set_reports_what_it_watches_as_flat_descriptor_event_pairs(impl: Any) -> None:
+    epfd = impl.epoll_create()
+    assert epfd >= 0 and not os.get_inheritable(epfd)
+    r, w = os.pipe()
+    try:
+        assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_ADD, r, select.EPOLLIN) == 0
+        assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_ADD, r, select.EPOLLIN) == -errno.EEXIST
+        assert impl.epoll_wait(epfd, 0, 8) == [], "nothing ready"
+        os.write(w, b"x")
+        assert impl.epoll_wait(epfd, 1000, 8) == [r, select.EPOLLIN]
+        assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_ADD, w, select.EPOLLOUT) == 0
+        ready = impl.epoll_wait(epfd, 1000, 8)
+        assert sorted(zip(ready[::2], ready[1::2], strict=True)) == sorted([(r, select.EPOLLIN), (w, select.EPOLLOUT)])
+        assert impl.epoll_wait(epfd, 1000, 1) in ([r, select.EPOLLIN], [w, select.EPOLLOUT]), "maxevents bounds it"
+        assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_MOD, r, 0) == 0
+        assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_DEL, w, 0) == 0
+        assert impl.epoll_wait(epfd, 0, 8) == [], "what is no longer watched is not reported"
+        assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_MOD, w, select.EPOLLOUT) == -errno.ENOENT
+        with pytest.raises(ValueError, match="maxevents"):
+            impl.epoll_wait(epfd, 0, 0)
+    finally:
+        os.close(r)
+        os.close(w)
+        assert impl.epoll_close(epfd) == 0
+    assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_ADD, 0, select.EPOLLIN) == -errno.EBADF
+    with pytest.raises(OSError) as failed:
+        impl.epoll_wait(epfd, 0, 8)
+    assert failed.value.errno == errno.EBADF, "a wait on no epoll set is the loop's own bug: it raises"
+
+
+def test_a_signal_during_the_wait_runs_its_handler_and_a_raising_handler_stops_the_wait(impl: Any) -> None:
+    epfd = impl.epoll_create()
+    seen: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    def fail(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, record)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        assert impl.epoll_wait(epfd, 300, 8) == []
+        assert seen == [signal.SIGALRM], "the handler ran"
+        signal.signal(signal.SIGALRM, fail)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            impl.epoll_wait(epfd, 5000, 8)
+        assert time.monotonic() - started < 4, "the wait ended with the signal"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        impl.epoll_close(epfd)
+
+
+def test_the_wait_lets_other_threads_run(impl: Any) -> None:
+    """The C version keeps the GIL through a wait only while the interpreter has no other thread."""
+    epfd = impl.epoll_create()
+    ran_at: list[float] = []
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            ran_at.append(time.monotonic())
+            time.sleep(0.005)
+
+    worker = threading.Thread(target=count)
+    worker.start()
+    try:
+        while not ran_at:
+            time.sleep(0.001)
+        started = time.monotonic()
+        impl.epoll_wait(epfd, 300, 8)
+        ended = time.monotonic()
+        during = [t for t in ran_at if started + 0.05 < t < ended - 0.05]
+        assert len(during) > 5, "the other thread ran during the wait"
+    finally:
+        stop.set()
+        worker.join()
+        impl.epoll_close(epfd)
+
+
 def test_the_router_uses_the_c_module_unless_pure_python_was_asked_for() -> None:
     import uwsgirouter
 
     if uwsgirouter.pure_requested() or NATIVE is None:
         assert sysio.accept is sysio.py_accept
     else:
-        assert sysio.accept is NATIVE.accept and sysio.send is NATIVE.send
+        assert sysio.accept is NATIVE.accept and sysio.send is NATIVE.send and sysio.epoll_wait is NATIVE.epoll_wait
 
 
 def family_bytes(family: int) -> bytes:

@@ -162,7 +162,7 @@ def test_the_worker_serves_beats_and_reports_what_it_served(make: Any, node: Bac
     assert counters.running_us == running.worker.loop.running_us
     assert counters.avg_rt_us == running.worker.loop.avg_rt_us
     assert len(running.beats.calls) >= 2, "one beat at the start, one at the end"
-    assert running.worker.loop.ep.closed
+    assert running.worker.loop.epfd == -1, "the epoll set is released"
 
 
 def test_the_worker_beats_while_it_runs(make: Any, node: Backend) -> None:
@@ -550,7 +550,7 @@ def test_a_served_stats_client_is_forgotten_and_the_wake_up_pipe_drained(make: A
     stats_of(running)
     wait_until(lambda: not running.worker.stats_clients, 5)
     watched = {running.worker._wakeup_r, running.stats.fileno(), running.router.fileno()}
-    assert set(running.worker.loop.handlers) == watched, "the stats client's descriptor is forgotten"
+    assert running.worker.loop.watched() == watched, "the stats client's descriptor is forgotten"
     running.worker.wake()
     running.worker.wake()
 

@@ -4,13 +4,18 @@
  * Python's socket module costs more around these calls than the calls themselves: a socket object per connection,
  * the peer address formatted into a tuple on every accept (and then thrown away), the address tuple parsed on every
  * connect, and an exception for every EAGAIN. Each function here is one system call (two for connect), returns a
- * non-negative result or -errno, and never raises for an OS error. uwsgirouter/router/sysio.py has the same
- * functions in Python for the pure build; tests/router/test_sysio.py runs both against each other.
+ * non-negative result or -errno, and never raises for an OS error (but epoll_wait: a failing wait is the loop's own
+ * bug). uwsgirouter/router/sysio.py has the same functions in Python for the pure build; tests/router/test_sysio.py
+ * runs both against each other.
+ *
+ * None of them lets go of the GIL around its call: on a non-blocking descriptor the call is shorter than the round
+ * trip of the lock. epoll_wait, the one call that blocks, keeps it only while the interpreter has no other thread.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -106,12 +111,143 @@ fastio_shutdown_write(PyObject *module, PyObject *arg)
     return PyLong_FromLong(shutdown(fd, SHUT_WR) < 0 ? -errno : 0);
 }
 
+/* Whether this is the interpreter's only thread: then the GIL is kept across the calls below (nobody else could
+ * take it; dropping and taking it back costs more than the non-blocking call itself). With other threads (a
+ * --fastrouter-use-code-string mapper may start some) the wait for events lets them run. */
+static int
+only_thread(void)
+{
+    PyThreadState *head = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(PyThreadState_Get()));
+    return head != NULL && PyThreadState_Next(head) == NULL;
+}
+
+/* read(fd, size) -> bytes (b"" at end of input) or -errno (-EAGAIN: nothing to read now). */
+static PyObject *
+fastio_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd, size;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read(fd, size) takes two arguments");
+        return NULL;
+    }
+    if (as_int(args[0], &fd) < 0 || as_int(args[1], &size) < 0)
+        return NULL;
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "read(): negative size");
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL)
+        return NULL;
+    ssize_t got = read(fd, PyBytes_AS_STRING(data), (size_t)size);
+    if (got < 0) {
+        int err = errno;
+        Py_DECREF(data);
+        return PyLong_FromLong(-err);
+    }
+    if (got != size && _PyBytes_Resize(&data, got) < 0)
+        return NULL;
+    return data;
+}
+
+/* close(fd) -> 0 or -errno (the descriptor is released either way, as Linux does). */
+static PyObject *
+fastio_close(PyObject *module, PyObject *arg)
+{
+    int fd;
+    if (as_int(arg, &fd) < 0)
+        return NULL;
+    return PyLong_FromLong(close(fd) < 0 ? -errno : 0);
+}
+
+/* epoll_create() -> a close-on-exec epoll descriptor or -errno. */
+static PyObject *
+fastio_epoll_create(PyObject *module, PyObject *unused)
+{
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return PyLong_FromLong(fd < 0 ? -errno : fd);
+}
+
+/* epoll_ctl(epfd, op, fd, mask) -> 0 or -errno; the event's data is the descriptor. */
+static PyObject *
+fastio_epoll_ctl(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int epfd, op, fd, mask;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "epoll_ctl(epfd, op, fd, mask) takes four arguments");
+        return NULL;
+    }
+    if (as_int(args[0], &epfd) < 0 || as_int(args[1], &op) < 0 || as_int(args[2], &fd) < 0
+        || as_int(args[3], &mask) < 0)
+        return NULL;
+    struct epoll_event event = {.events = (uint32_t)mask, .data = {.fd = fd}};
+    return PyLong_FromLong(epoll_ctl(epfd, op, fd, &event) < 0 ? -errno : 0);
+}
+
+#define MAX_EVENTS 1024
+
+/* epoll_wait(epfd, timeout_ms, maxevents) -> [fd, events, fd, events, ...], flat: no tuple per event, and the
+ * descriptors and event bits of a router are small ints that Python keeps ready-made. Interrupted by a signal, the
+ * handlers run (PyErr_CheckSignals) and the list is empty; another error raises OSError. */
+static PyObject *
+fastio_epoll_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int epfd, timeout, maxevents, ready;
+    struct epoll_event events[MAX_EVENTS];
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "epoll_wait(epfd, timeout_ms, maxevents) takes three arguments");
+        return NULL;
+    }
+    if (as_int(args[0], &epfd) < 0 || as_int(args[1], &timeout) < 0 || as_int(args[2], &maxevents) < 0)
+        return NULL;
+    if (maxevents < 1 || maxevents > MAX_EVENTS) {
+        PyErr_Format(PyExc_ValueError, "epoll_wait(): maxevents must be 1 to %d", MAX_EVENTS);
+        return NULL;
+    }
+    if (timeout == 0 || only_thread()) {
+        ready = epoll_wait(epfd, events, maxevents, timeout);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        ready = epoll_wait(epfd, events, maxevents, timeout);
+        Py_END_ALLOW_THREADS
+    }
+    if (ready < 0) {
+        if (errno != EINTR)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+        ready = 0;
+    }
+    PyObject *flat = PyList_New(2 * (Py_ssize_t)ready);
+    if (flat == NULL)
+        return NULL;
+    for (int i = 0; i < ready; i++) {
+        PyObject *fd = PyLong_FromLong(events[i].data.fd);
+        PyObject *mask = fd == NULL ? NULL : PyLong_FromUnsignedLong(events[i].events);
+        if (mask == NULL) {
+            Py_XDECREF(fd);
+            Py_DECREF(flat);
+            return NULL;
+        }
+        PyList_SET_ITEM(flat, 2 * i, fd);
+        PyList_SET_ITEM(flat, 2 * i + 1, mask);
+    }
+    return flat;
+}
+
 static PyMethodDef fastio_methods[] = {
     {"accept", (PyCFunction)fastio_accept, METH_O, "accept(listener_fd) -> fd or -errno"},
     {"connect", (PyCFunction)(void (*)(void))fastio_connect, METH_FASTCALL, "connect(family, sockaddr) -> fd or -errno"},
     {"send", (PyCFunction)(void (*)(void))fastio_send, METH_FASTCALL, "send(fd, data) -> sent or -errno"},
     {"so_error", (PyCFunction)fastio_so_error, METH_O, "so_error(fd) -> pending error, 0, or -errno"},
     {"shutdown_write", (PyCFunction)fastio_shutdown_write, METH_O, "shutdown_write(fd) -> 0 or -errno"},
+    {"read", (PyCFunction)(void (*)(void))fastio_read, METH_FASTCALL, "read(fd, size) -> bytes or -errno"},
+    {"close", (PyCFunction)fastio_close, METH_O, "close(fd) -> 0 or -errno"},
+    {"epoll_create", (PyCFunction)fastio_epoll_create, METH_NOARGS, "epoll_create() -> epoll fd or -errno"},
+    {"epoll_ctl", (PyCFunction)(void (*)(void))fastio_epoll_ctl, METH_FASTCALL,
+     "epoll_ctl(epfd, op, fd, mask) -> 0 or -errno"},
+    {"epoll_wait", (PyCFunction)(void (*)(void))fastio_epoll_wait, METH_FASTCALL,
+     "epoll_wait(epfd, timeout_ms, maxevents) -> [fd, events, ...]"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,22 +15,33 @@ import os
 import resource
 import select
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from time import monotonic  # a module global: cheaper to reach than time.monotonic, compiled
 from typing import Final
 
 from uwsgirouter.ratelog import LogLimiter
+from uwsgirouter.router import sysio
 from uwsgirouter.router.loop import Handler, Loop, Settings, Timed
 from uwsgirouter.router.routing import Routing
 from uwsgirouter.router.session import Session
-from uwsgirouter.router.sysio import accept as sysio_accept
+from uwsgirouter.router.sysio import EPOLL_CTL_ADD, EPOLL_CTL_MOD
 
 log = logging.getLogger("uwsgirouter.router")
+
+# The clock and the system calls as Final names: compiled, each call reads a C static instead of looking the name up
+# in the module's dictionary.
+monotonic: Final = time.monotonic
+sysio_accept: Final = sysio.accept
+epoll_create: Final = sysio.epoll_create
+epoll_close: Final = sysio.epoll_close
+epoll_ctl: Final = sysio.epoll_ctl
+epoll_wait: Final = sysio.epoll_wait
 
 EPOLLIN: Final = select.EPOLLIN
 _EAGAIN: Final = errno.EAGAIN
 SWEEP_INTERVAL_S: Final = 1.0
+_SWEEP_INTERVAL_MS: Final = 1000
 #: Descriptors kept free for logging, the stats server and the like when sizing the session cap.
 SPARE_FDS: Final = 16
 #: Descriptors kept for backend connections when deciding whether to accept one more client: idle clients may use
@@ -38,6 +49,7 @@ SPARE_FDS: Final = 16
 BACKEND_HEADROOM: Final = 256
 #: After EMFILE/ENFILE on accept, wait this long before accepting again (never spin).
 ACCEPT_PAUSE_S: Final = 0.1
+_ACCEPT_PAUSE_MS: Final = 100
 #: Events taken from the kernel per wake-up.
 MAX_EVENTS: Final = 512
 #: Connections a busy router (a wake-up with several events) takes from one listener at once.
@@ -98,11 +110,13 @@ class RouterLoop(Loop):
         self.fd_limit = 1 << 30
         #: descriptors clients and backends may use at all (``size_to``)
         self.fd_budget = 1 << 30
-        self.ep = select.epoll()
-        # bound once: the per-request calls skip the method lookup
-        self._ep_register: Callable[[int, int], None] = self.ep.register
-        self._ep_modify: Callable[[int, int], None] = self.ep.modify
-        self.handlers: dict[int, Handler] = {}
+        epfd = epoll_create()
+        if epfd < 0:
+            raise OSError(-epfd, os.strerror(-epfd))
+        #: the epoll set, a bare descriptor (sysio): no select.epoll object between the loop and the kernel
+        self.epfd = epfd
+        #: the handler of each watched descriptor, indexed by the descriptor (small dense numbers: no hashing)
+        self.handlers: list[Handler | None] = []
         self.sessions: set[Session] = set()
         #: client and backend descriptors registered by sessions
         self.descriptors = 0
@@ -136,16 +150,26 @@ class RouterLoop(Loop):
     # -- loop.Loop, for the sessions ----------------------------------------------------------------
 
     def register(self, fd: int, handler: Handler, mask: int) -> None:
-        self.handlers[fd] = handler
-        self._ep_register(fd, mask)
+        self._add(fd, handler, mask)
         self.descriptors += 1
 
     def modify(self, fd: int, mask: int) -> None:
-        self._ep_modify(fd, mask)
+        err = epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, mask)
+        if err:
+            raise OSError(-err, os.strerror(-err))
 
     def unregister(self, fd: int) -> None:
-        del self.handlers[fd]
+        self.handlers[fd] = None
         self.descriptors -= 1
+
+    def _add(self, fd: int, handler: Handler, mask: int) -> None:
+        handlers = self.handlers
+        if fd >= len(handlers):
+            handlers.extend([None] * max(fd + 1 - len(handlers), len(handlers)))
+        err = epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, mask)
+        if err:
+            raise OSError(-err, os.strerror(-err))
+        handlers[fd] = handler
 
     def wait_for_descriptor(self, resume: Callable[[], None]) -> None:
         """A session found no free descriptor for its node: it waits (accepting pauses meanwhile) instead of
@@ -174,12 +198,16 @@ class RouterLoop(Loop):
 
     def watch(self, fd: int, handler: Handler, mask: int = EPOLLIN) -> None:
         """Watch a descriptor that is not a session's (not counted against the session budget)."""
-        self.handlers[fd] = handler
-        self.ep.register(fd, mask)
+        self._add(fd, handler, mask)
+
+    def watched(self) -> set[int]:
+        """The descriptors that have a handler now."""
+        return {fd for fd, handler in enumerate(self.handlers) if handler is not None}
 
     def forget(self, fd: int) -> None:
         """Stop watching one of ``watch``'s descriptors, which the caller closes next."""
-        self.handlers.pop(fd, None)
+        if fd < len(self.handlers):
+            self.handlers[fd] = None
 
     # -- accepting --------------------------------------------------------------------------------
 
@@ -273,7 +301,7 @@ class RouterLoop(Loop):
     def _pause_accepting(self, pause: float = 0.0) -> None:
         if self.accepting:
             for listener in self.listeners:
-                self.ep.modify(listener.fileno(), 0)
+                self.modify(listener.fileno(), 0)
             self.accepting = False
         if pause:
             self.accept_paused_until = self.now + pause
@@ -284,7 +312,7 @@ class RouterLoop(Loop):
         if self._full():
             return
         for listener in self.listeners:
-            self.ep.modify(listener.fileno(), EPOLLIN)
+            self.modify(listener.fileno(), EPOLLIN)
         self.accepting = True
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -299,21 +327,21 @@ class RouterLoop(Loop):
         self.now = monotonic()
         next_sweep = self.now + SWEEP_INTERVAL_S
         next_tick = self.now + tick_interval
-        handlers = self.handlers
-        poll = self.ep.poll
+        epfd = self.epfd
         cheap = self.routing.cheap
         while not self.exit_now:
             # A cheap-mode router wakes often: it must notice the first (or last) live node soon.
-            timeout = SWEEP_INTERVAL_S if self.accepting and not cheap else ACCEPT_PAUSE_S
-            ready = poll(timeout, MAX_EVENTS)
-            self.busy = len(ready) > 1
+            timeout = _SWEEP_INTERVAL_MS if self.accepting and not cheap else _ACCEPT_PAUSE_MS
+            ready = epoll_wait(epfd, timeout, MAX_EVENTS)  # [fd, events, fd, events, ...]
+            self.busy = len(ready) > 2
             # The clock is read once per wake-up, before the handlers: what they stamp (a session's start and last
             # activity, dead marks, pauses) is the time of the wake-up, not of the wait before it.
             self.now = now = monotonic()
-            for fd, events in ready:
-                handler = handlers.get(fd)
+            # the list may grow while the handlers run (new sessions): read it afresh for each event
+            for i in range(0, len(ready), 2):
+                handler = self.handlers[ready[i]]
                 if handler is not None:
-                    handler(events)
+                    handler(ready[i + 1])
             if now >= next_tick:
                 next_tick = now + tick_interval
                 tick()
@@ -368,4 +396,6 @@ class RouterLoop(Loop):
         """End every session and release the epoll set."""
         for session in list(self.sessions):
             session.close()
-        self.ep.close()
+        if self.epfd >= 0:
+            epoll_close(self.epfd)
+            self.epfd = -1

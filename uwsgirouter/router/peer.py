@@ -3,8 +3,8 @@
 Both sides are the same type, so relaying is one piece of code (``Session._pump``) used in both directions. A peer
 never raises for the ordinary cases: nothing to read yet is ``None``, a broken connection is ``None`` or ``False``
 with the reason in ``failure``. A peer is a bare descriptor, non-blocking at the OS level (sysio.py makes every one
-so): no socket object, read with ``os.read`` and written with ``sysio.send``, which answers a full buffer without an
-exception.
+so): no socket object, read with ``sysio.read`` and written with ``sysio.send``, which answer an empty or a full
+buffer without an exception.
 
 A long upload is relayed with ``splice(2)`` through a pipe that the receiving peer (the node) owns:
 the bytes go from one socket to the other inside the kernel, never copied through the router's memory. The pipe's
@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import errno
 import os
-from os import close, read, splice
 from typing import Final
 
-from uwsgirouter.router.sysio import send, shutdown_write
+from uwsgirouter.router import sysio
+
+# The system calls as Final names: compiled, each call reads a C static instead of looking the name up in the module's
+# dictionary.
+close: Final = sysio.close
+read: Final = sysio.read
+send: Final = sysio.send
+shutdown_write: Final = sysio.shutdown_write
+splice: Final = os.splice
 
 _EAGAIN: Final = -errno.EAGAIN
 _SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -71,12 +78,10 @@ class Peer:
     def read(self, size: int) -> bytes | None:
         """Up to ``size`` bytes, ``b""`` once the peer closed its side; ``None`` when there is nothing now or the
         connection broke (then ``failure`` says why)."""
-        try:
-            data = read(self.fd, size)  # a module global: cheaper to reach than os.read, compiled
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            self.failure = failure_reason(exc)
+        data = read(self.fd, size)
+        if isinstance(data, int):  # -errno
+            if data != _EAGAIN:
+                self.failure = os.strerror(-data)
             return None
         self.received += len(data)
         return data

@@ -25,6 +25,7 @@ from uwsgirouter.protocol import (
     RequestReader,
     whole_head,
 )
+from uwsgirouter.router import sysio
 from uwsgirouter.router.loop import Loop, Settings
 from uwsgirouter.router.mappers import UnsafeKey
 from uwsgirouter.router.nodes import Node
@@ -50,8 +51,14 @@ from uwsgirouter.router.states import (
     InvalidTransition,
     next_state,
 )
-from uwsgirouter.router.sysio import connect, pack_sockaddr, send, so_error
+from uwsgirouter.router.sysio import pack_sockaddr
 from uwsgirouter.text import printable
+
+# The system calls as Final names: compiled, each call reads a C static instead of looking the name up in the module's
+# dictionary.
+connect: Final = sysio.connect
+send: Final = sysio.send
+so_error: Final = sysio.so_error
 
 #: the state machine's names, importable from here too (tests and the loop read states off a session)
 __all__ = [

@@ -1,14 +1,19 @@
-"""The router's per-request system calls on raw descriptors: accept, connect, send, a connect's outcome, half-close.
+"""The router's system calls on raw descriptors: accept, connect, send, read, close, a connect's outcome, half-close,
+and the epoll set the loop waits on.
 
 Python's socket objects cost more than the calls they make: an object per connection, the peer's address formatted
 into a tuple on every accept (and thrown away), the node's address tuple parsed on every connect, an exception for
-every ``EAGAIN``. The router needs none of it, so the per-request path works on descriptors: each function here is one
-system call (connect is two), returns a non-negative result or ``-errno`` and never raises for an OS error.
+every ``EAGAIN``. ``select.epoll`` adds a tuple per event and a float timeout to convert on every wait. The router
+needs none of it, so the per-request path works on descriptors: each function here is one system call (connect is
+two), returns a non-negative result or ``-errno`` and never raises for an OS error (but ``epoll_wait``: a wait that
+fails is the loop's own bug).
 
-The functions come from the C module ``_fastio`` (built beside the mypyc modules, see setup.py). The pure build, and
-``UWSGIROUTER_PURE=1``, use the Python versions below, which do the same through the socket module (slower, same
-results; tests/router/test_sysio.py runs both side by side). Every descriptor these functions return is non-blocking
-and close-on-exec; the listeners handed to ``accept`` must be non-blocking (the C version holds the GIL).
+The functions come from the C module ``_fastio`` (built beside the mypyc modules, see setup.py), which also keeps the
+GIL around its calls (on a non-blocking descriptor the call is shorter than the lock's round trip; ``epoll_wait``
+lets go of it while the interpreter has other threads). The pure build, and ``UWSGIROUTER_PURE=1``, use the Python
+versions below, which do the same through the socket, os and select modules (slower, same results;
+tests/router/test_sysio.py runs both side by side). Every descriptor these functions return is non-blocking and
+close-on-exec; the listeners handed to ``accept`` must be non-blocking.
 """
 
 from __future__ import annotations
@@ -16,15 +21,21 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import select
 import socket
 import struct
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, Final
 
 from uwsgirouter import pure_requested
 
 _FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+EPOLL_CTL_ADD: Final = 1
+EPOLL_CTL_DEL: Final = 2
+EPOLL_CTL_MOD: Final = 3
+#: The most events one ``epoll_wait`` returns (the C version's array).
+MAX_EVENTS: Final = 1024
 
 
 def _errno(exc: OSError) -> int:
@@ -95,6 +106,79 @@ def py_shutdown_write(fd: int) -> int:
     return _with_socket(fd, shut)
 
 
+def py_read(fd: int, size: int) -> bytes | int:
+    """Up to ``size`` bytes (``b""`` at the end of input), or -errno (-EAGAIN: nothing to read now)."""
+    try:
+        return os.read(fd, size)
+    except OSError as exc:
+        return _errno(exc)
+
+
+def py_close(fd: int) -> int:
+    """Close a descriptor: 0 or -errno."""
+    try:
+        os.close(fd)
+    except OSError as exc:
+        return _errno(exc)
+    return 0
+
+
+#: The Python versions' epoll objects, by descriptor: the callers hold only the number, as with the C versions.
+_EPOLLS: dict[int, select.epoll] = {}
+
+
+def py_epoll_create() -> int:
+    """A new epoll set's descriptor (close-on-exec), or -errno."""
+    try:
+        ep = select.epoll()
+    except OSError as exc:
+        return _errno(exc)
+    _EPOLLS[ep.fileno()] = ep
+    return ep.fileno()
+
+
+def py_epoll_close(epfd: int) -> int:
+    """Release an epoll set made by ``epoll_create``: 0 or -errno."""
+    ep = _EPOLLS.pop(epfd, None)
+    if ep is None:
+        return py_close(epfd)
+    ep.close()
+    return 0
+
+
+def py_epoll_ctl(epfd: int, op: int, fd: int, mask: int) -> int:
+    """Add (``EPOLL_CTL_ADD``), change (``EPOLL_CTL_MOD``) or drop (``EPOLL_CTL_DEL``) ``fd`` in the set: 0 or
+    -errno."""
+    ep = _EPOLLS.get(epfd)
+    if ep is None:
+        return -errno.EBADF
+    try:
+        if op == EPOLL_CTL_ADD:
+            ep.register(fd, mask)
+        elif op == EPOLL_CTL_MOD:
+            ep.modify(fd, mask)
+        elif op == EPOLL_CTL_DEL:
+            ep.unregister(fd)
+        else:
+            return -errno.EINVAL
+    except OSError as exc:
+        return _errno(exc)
+    return 0
+
+
+def py_epoll_wait(epfd: int, timeout_ms: int, maxevents: int) -> list[int]:
+    """Wait up to ``timeout_ms`` (-1: no limit) for events: ``[fd, events, fd, events, ...]``."""
+    ep = _EPOLLS.get(epfd)
+    if ep is None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    if not 1 <= maxevents <= MAX_EVENTS:
+        raise ValueError(f"epoll_wait(): maxevents must be 1 to {MAX_EVENTS}")
+    flat: list[int] = []
+    for fd, events in ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1, maxevents):
+        flat += (fd, events)
+    return flat
+
+
 def pack_sockaddr(family: int, address: Any) -> bytes:
     """``struct sockaddr`` bytes for a node's address as nodes.resolve gives it (packed once per node)."""
     if family == socket.AF_UNIX:
@@ -148,3 +232,9 @@ connect: Callable[[int, bytes], int] = NATIVE.connect if NATIVE is not None else
 send: Callable[[int, bytes | bytearray | memoryview], int] = NATIVE.send if NATIVE is not None else py_send
 so_error: Callable[[int], int] = NATIVE.so_error if NATIVE is not None else py_so_error
 shutdown_write: Callable[[int], int] = NATIVE.shutdown_write if NATIVE is not None else py_shutdown_write
+read: Callable[[int, int], bytes | int] = NATIVE.read if NATIVE is not None else py_read
+close: Callable[[int], int] = NATIVE.close if NATIVE is not None else py_close
+epoll_create: Callable[[], int] = NATIVE.epoll_create if NATIVE is not None else py_epoll_create
+epoll_close: Callable[[int], int] = NATIVE.close if NATIVE is not None else py_epoll_close
+epoll_ctl: Callable[[int, int, int, int], int] = NATIVE.epoll_ctl if NATIVE is not None else py_epoll_ctl
+epoll_wait: Callable[[int, int, int], list[int]] = NATIVE.epoll_wait if NATIVE is not None else py_epoll_wait

@@ -229,4 +229,4 @@ class RouterWorker(BaseWorker):
             self.loop.forget(fd)
             exchange.close()
         else:
-            self.loop.ep.modify(fd, select.EPOLLIN if exchange.state == READING else select.EPOLLOUT)
+            self.loop.modify(fd, select.EPOLLIN if exchange.state == READING else select.EPOLLOUT)
