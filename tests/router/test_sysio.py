@@ -141,6 +141,14 @@ def test_read_gives_bytes_end_of_input_or_negative_errno(impl: Any) -> None:
         assert impl.read(fd, 3) == b"hel"
         assert impl.read(fd, 65536) == b"lo", "what is there, not the size asked"
         assert impl.read(fd, 0) == b""
+        theirs.sendall(b"abc")
+        first = impl.read(fd, 65536)
+        theirs.sendall(b"de")
+        assert (first, impl.read(fd, 65536)) == (b"abc", b"de"), "each read its own bytes object"
+        theirs.sendall(b"y" * 20000)
+        longer = impl.read(fd, 65536)
+        theirs.sendall(b"z")
+        assert (longer, impl.read(fd, 65536)) == (b"y" * 20000, b"z"), "a longer read, then a short one"
         theirs.sendall(b"x" * 70000)
         got = b""
         while len(got) < 70000:
@@ -168,16 +176,16 @@ def test_an_epoll_set_reports_what_it_watches_as_flat_descriptor_event_pairs(imp
     try:
         assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_ADD, r, select.EPOLLIN) == 0
         assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_ADD, r, select.EPOLLIN) == -errno.EEXIST
-        assert impl.epoll_wait(epfd, 0, 8) == [], "nothing ready"
+        assert impl.epoll_wait(epfd, 0, 8) == (), "nothing ready"
         os.write(w, b"x")
-        assert impl.epoll_wait(epfd, 1000, 8) == [r, select.EPOLLIN]
+        assert impl.epoll_wait(epfd, 1000, 8) == (r, select.EPOLLIN)
         assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_ADD, w, select.EPOLLOUT) == 0
         ready = impl.epoll_wait(epfd, 1000, 8)
         assert sorted(zip(ready[::2], ready[1::2], strict=True)) == sorted([(r, select.EPOLLIN), (w, select.EPOLLOUT)])
-        assert impl.epoll_wait(epfd, 1000, 1) in ([r, select.EPOLLIN], [w, select.EPOLLOUT]), "maxevents bounds it"
+        assert impl.epoll_wait(epfd, 1000, 1) in ((r, select.EPOLLIN), (w, select.EPOLLOUT)), "maxevents bounds it"
         assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_MOD, r, 0) == 0
         assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_DEL, w, 0) == 0
-        assert impl.epoll_wait(epfd, 0, 8) == [], "what is no longer watched is not reported"
+        assert impl.epoll_wait(epfd, 0, 8) == (), "what is no longer watched is not reported"
         assert impl.epoll_ctl(epfd, sysio.EPOLL_CTL_MOD, w, select.EPOLLOUT) == -errno.ENOENT
         with pytest.raises(ValueError, match="maxevents"):
             impl.epoll_wait(epfd, 0, 0)
@@ -204,7 +212,7 @@ def test_a_signal_during_the_wait_runs_its_handler_and_a_raising_handler_stops_t
     previous = signal.signal(signal.SIGALRM, record)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.05)
-        assert impl.epoll_wait(epfd, 300, 8) == []
+        assert impl.epoll_wait(epfd, 300, 8) == ()
         assert seen == [signal.SIGALRM], "the handler ran"
         signal.signal(signal.SIGALRM, fail)
         signal.setitimer(signal.ITIMER_REAL, 0.05)

@@ -80,6 +80,11 @@ fastio_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (as_int(args[0], &fd) < 0)
         return NULL;
+    if (PyBytes_CheckExact(args[1])) { /* the usual case, without the buffer protocol's round trip */
+        ssize_t sent = send(fd, PyBytes_AS_STRING(args[1]), (size_t)PyBytes_GET_SIZE(args[1]),
+                            MSG_DONTWAIT | MSG_NOSIGNAL);
+        return PyLong_FromSsize_t(sent < 0 ? -errno : sent);
+    }
     if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     ssize_t sent = send(fd, view.buf, (size_t)view.len, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -121,6 +126,13 @@ only_thread(void)
     return head != NULL && PyThreadState_Next(head) == NULL;
 }
 
+/* What a read returns when it fills less than SMALL_READ bytes is copied out of `spare`, a bytes object of the
+ * size asked that is kept for the next read: most reads of a router are short (a head, a short answer), and a fresh
+ * 64 KiB object for each of them costs a malloc, a realloc to the size read, and a free that makes glibc consolidate
+ * its heap. A longer read gives `spare` itself away, cut to size. Only touched with the GIL held. */
+#define SMALL_READ 8192
+static PyObject *spare = NULL;
+
 /* read(fd, size) -> bytes (b"" at end of input) or -errno (-EAGAIN: nothing to read now). */
 static PyObject *
 fastio_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -136,15 +148,19 @@ fastio_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "read(): negative size");
         return NULL;
     }
-    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
-    if (data == NULL)
-        return NULL;
-    ssize_t got = read(fd, PyBytes_AS_STRING(data), (size_t)size);
-    if (got < 0) {
-        int err = errno;
-        Py_DECREF(data);
-        return PyLong_FromLong(-err);
+    if (spare == NULL || PyBytes_GET_SIZE(spare) != size) {
+        Py_CLEAR(spare);
+        spare = PyBytes_FromStringAndSize(NULL, size);
+        if (spare == NULL)
+            return NULL;
     }
+    ssize_t got = read(fd, PyBytes_AS_STRING(spare), (size_t)size);
+    if (got < 0)
+        return PyLong_FromLong(-errno);
+    if (got < SMALL_READ)
+        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(spare), got);
+    PyObject *data = spare;
+    spare = NULL;
     if (got != size && _PyBytes_Resize(&data, got) < 0)
         return NULL;
     return data;
@@ -186,7 +202,7 @@ fastio_epoll_ctl(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 #define MAX_EVENTS 1024
 
-/* epoll_wait(epfd, timeout_ms, maxevents) -> [fd, events, fd, events, ...], flat: no tuple per event, and the
+/* epoll_wait(epfd, timeout_ms, maxevents) -> (fd, events, fd, events, ...), flat: no tuple per event, and the
  * descriptors and event bits of a router are small ints that Python keeps ready-made. Interrupted by a signal, the
  * handlers run (PyErr_CheckSignals) and the list is empty; another error raises OSError. */
 static PyObject *
@@ -218,7 +234,7 @@ fastio_epoll_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         ready = 0;
     }
-    PyObject *flat = PyList_New(2 * (Py_ssize_t)ready);
+    PyObject *flat = PyTuple_New(2 * (Py_ssize_t)ready); /* small tuples come from a free list: no allocation */
     if (flat == NULL)
         return NULL;
     for (int i = 0; i < ready; i++) {
@@ -229,8 +245,8 @@ fastio_epoll_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(flat);
             return NULL;
         }
-        PyList_SET_ITEM(flat, 2 * i, fd);
-        PyList_SET_ITEM(flat, 2 * i + 1, mask);
+        PyTuple_SET_ITEM(flat, 2 * i, fd);
+        PyTuple_SET_ITEM(flat, 2 * i + 1, mask);
     }
     return flat;
 }
@@ -247,7 +263,7 @@ static PyMethodDef fastio_methods[] = {
     {"epoll_ctl", (PyCFunction)(void (*)(void))fastio_epoll_ctl, METH_FASTCALL,
      "epoll_ctl(epfd, op, fd, mask) -> 0 or -errno"},
     {"epoll_wait", (PyCFunction)(void (*)(void))fastio_epoll_wait, METH_FASTCALL,
-     "epoll_wait(epfd, timeout_ms, maxevents) -> [fd, events, ...]"},
+     "epoll_wait(epfd, timeout_ms, maxevents) -> (fd, events, ...)"},
     {NULL, NULL, 0, NULL},
 };
 

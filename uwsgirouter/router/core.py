@@ -332,7 +332,7 @@ class RouterLoop(Loop):
         while not self.exit_now:
             # A cheap-mode router wakes often: it must notice the first (or last) live node soon.
             timeout = _SWEEP_INTERVAL_MS if self.accepting and not cheap else _ACCEPT_PAUSE_MS
-            ready = epoll_wait(epfd, timeout, MAX_EVENTS)  # [fd, events, fd, events, ...]
+            ready = epoll_wait(epfd, timeout, MAX_EVENTS)  # (fd, events, fd, events, ...)
             self.busy = len(ready) > 2
             # The clock is read once per wake-up, before the handlers: what they stamp (a session's start and last
             # activity, dead marks, pauses) is the time of the wake-up, not of the wait before it.

@@ -166,17 +166,14 @@ def py_epoll_ctl(epfd: int, op: int, fd: int, mask: int) -> int:
     return 0
 
 
-def py_epoll_wait(epfd: int, timeout_ms: int, maxevents: int) -> list[int]:
-    """Wait up to ``timeout_ms`` (-1: no limit) for events: ``[fd, events, fd, events, ...]``."""
+def py_epoll_wait(epfd: int, timeout_ms: int, maxevents: int) -> tuple[int, ...]:
+    """Wait up to ``timeout_ms`` (-1: no limit) for events: ``(fd, events, fd, events, ...)``."""
     ep = _EPOLLS.get(epfd)
     if ep is None:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
     if not 1 <= maxevents <= MAX_EVENTS:
         raise ValueError(f"epoll_wait(): maxevents must be 1 to {MAX_EVENTS}")
-    flat: list[int] = []
-    for fd, events in ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1, maxevents):
-        flat += (fd, events)
-    return flat
+    return tuple(value for pair in ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1, maxevents) for value in pair)
 
 
 def pack_sockaddr(family: int, address: Any) -> bytes:
@@ -237,4 +234,4 @@ close: Callable[[int], int] = NATIVE.close if NATIVE is not None else py_close
 epoll_create: Callable[[], int] = NATIVE.epoll_create if NATIVE is not None else py_epoll_create
 epoll_close: Callable[[int], int] = NATIVE.close if NATIVE is not None else py_epoll_close
 epoll_ctl: Callable[[int, int, int, int], int] = NATIVE.epoll_ctl if NATIVE is not None else py_epoll_ctl
-epoll_wait: Callable[[int, int, int], list[int]] = NATIVE.epoll_wait if NATIVE is not None else py_epoll_wait
+epoll_wait: Callable[[int, int, int], tuple[int, ...]] = NATIVE.epoll_wait if NATIVE is not None else py_epoll_wait
