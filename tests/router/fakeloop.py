@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from uwsgirouter.ratelog import LogLimiter
-from uwsgirouter.router.loop import Handler, Loop, Settings, Timed
+from uwsgirouter.router.loop import Loop, Settings, Timed, Watcher
 from uwsgirouter.router.mappers import Mapper, StaticMapper
 from uwsgirouter.router.nodes import Node, make_node
 from uwsgirouter.router.routing import Routing
@@ -38,15 +38,15 @@ class FakeLoop(Loop):
 
     def __init__(self, now: float = 1000.0) -> None:
         super().__init__(now)
-        self.handlers: dict[int, Handler] = {}
+        self.handlers: dict[int, Watcher] = {}
         self.masks: dict[int, int] = {}
         self.ended: list[Ended] = []
         self.waiting: list[Callable[[], None]] = []
         self.poller = select.epoll()
 
-    def register(self, fd: int, handler: Handler, mask: int) -> None:
+    def register(self, fd: int, watcher: Watcher, mask: int) -> None:
         assert fd not in self.handlers, f"fd {fd} registered twice"
-        self.handlers[fd] = handler
+        self.handlers[fd] = watcher
         self.masks[fd] = mask
         self.poller.register(fd, mask)
 
@@ -73,9 +73,9 @@ class FakeLoop(Loop):
         """Deliver the events ready now (waiting up to ``timeout`` for the first); how many were delivered."""
         ready = self.poller.poll(timeout)
         for fd, events in ready:
-            handler = self.handlers.get(fd)
-            if handler is not None:
-                handler(events)
+            watcher = self.handlers.get(fd)
+            if watcher is not None:
+                watcher.ready(fd, events)
         return len(ready)
 
     def run_until(self, predicate: Callable[[], Any], timeout: float = 5.0) -> None:

@@ -437,9 +437,9 @@ def loop_handler(loop: RouterLoop, listener: socket.socket) -> Callable[[int], N
 def poll_once(loop: RouterLoop, timeout: float = 0.5) -> None:
     ready = sysio.epoll_wait(loop.epfd, int(timeout * 1000), 64)
     for fd, events in zip(ready[::2], ready[1::2], strict=True):
-        handler = loop.handlers[fd]
-        if handler is not None:
-            handler(events)
+        watcher = loop.handlers[fd]
+        if watcher is not None:
+            watcher.ready(fd, events)
 
 
 def test_accept_errors_pause_or_pass(listener: socket.socket, node: Backend, caplog: pytest.LogCaptureFixture) -> None:

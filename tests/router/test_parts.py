@@ -251,13 +251,14 @@ def test_a_spilled_body_that_hits_a_file_size_limit_fails_the_feed_that_hit_it(t
 
 
 def test_the_loop_interface_starts_its_clock_at_zero_and_leaves_the_work_to_the_loop() -> None:
-    from uwsgirouter.router.loop import Loop
+    from uwsgirouter.router.loop import Callback, Loop, Watcher
 
     base = Loop()
     assert base.now == 0.0 and base.shutting_down is False
     assert Loop(5.0).now == 5.0
     calls: list[Callable[[], None]] = [
-        lambda: base.register(0, lambda events: None, 0),
+        lambda: base.register(0, Callback(lambda events: None), 0),
+        lambda: Watcher().ready(0, 0),
         lambda: base.modify(0, 0),
         lambda: base.unregister(0),
         lambda: base.wait_for_descriptor(lambda: None),

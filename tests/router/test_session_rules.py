@@ -341,7 +341,7 @@ def test_a_short_answer_with_its_end_takes_one_wake_up(loop: FakeLoop, node: Bac
     ready = loop.poller.poll(1.0)
     assert any(events & select.EPOLLRDHUP for fd, events in ready if fd == backend.fd), "the end came with the bytes"
     for fd, events in ready:
-        loop.handlers[fd](events)
+        loop.handlers[fd].ready(fd, events)
     assert session.state == DONE, "the short read with the node's end was the end"
     assert client.recv(100) == ANSWER
     client.close()

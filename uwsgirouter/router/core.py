@@ -22,7 +22,7 @@ from typing import Final
 
 from uwsgirouter.ratelog import LogLimiter
 from uwsgirouter.router import sysio
-from uwsgirouter.router.loop import Handler, Loop, Settings, Timed
+from uwsgirouter.router.loop import Callback, Handler, Loop, Settings, Timed, Watcher
 from uwsgirouter.router.routing import Routing
 from uwsgirouter.router.session import Session
 from uwsgirouter.router.sysio import EPOLL_CTL_ADD, EPOLL_CTL_MOD
@@ -80,6 +80,19 @@ def client_limit(budget: int) -> int:
     return max(1, budget - min(BACKEND_HEADROOM, budget // 4))
 
 
+class Acceptor(Watcher):
+    """The watcher of one listener: the loop takes its connections."""
+
+    __slots__ = ("listener_fd", "loop")
+
+    def __init__(self, loop: RouterLoop, listener_fd: int) -> None:
+        self.loop = loop
+        self.listener_fd = listener_fd
+
+    def ready(self, fd: int, events: int) -> None:
+        self.loop.accept(self.listener_fd)
+
+
 class RouterLoop(Loop):
     """Accepts on the listeners, runs sessions, stops accepting at the session cap, drains on a stop."""
 
@@ -115,8 +128,8 @@ class RouterLoop(Loop):
             raise OSError(-epfd, os.strerror(-epfd))
         #: the epoll set, a bare descriptor (sysio): no select.epoll object between the loop and the kernel
         self.epfd = epfd
-        #: the handler of each watched descriptor, indexed by the descriptor (small dense numbers: no hashing)
-        self.handlers: list[Handler | None] = []
+        #: the watcher of each watched descriptor, indexed by the descriptor (small dense numbers: no hashing)
+        self.handlers: list[Watcher | None] = []
         self.sessions: set[Session] = set()
         #: client and backend descriptors registered by sessions
         self.descriptors = 0
@@ -149,8 +162,8 @@ class RouterLoop(Loop):
 
     # -- loop.Loop, for the sessions ----------------------------------------------------------------
 
-    def register(self, fd: int, handler: Handler, mask: int) -> None:
-        self._add(fd, handler, mask)
+    def register(self, fd: int, watcher: Watcher, mask: int) -> None:
+        self._add(fd, watcher, mask)
         self.descriptors += 1
 
     def modify(self, fd: int, mask: int) -> None:
@@ -162,14 +175,14 @@ class RouterLoop(Loop):
         self.handlers[fd] = None
         self.descriptors -= 1
 
-    def _add(self, fd: int, handler: Handler, mask: int) -> None:
+    def _add(self, fd: int, watcher: Watcher, mask: int) -> None:
         handlers = self.handlers
         if fd >= len(handlers):
             handlers.extend([None] * max(fd + 1 - len(handlers), len(handlers)))
         err = epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, mask)
         if err:
             raise OSError(-err, os.strerror(-err))
-        handlers[fd] = handler
+        handlers[fd] = watcher
 
     def wait_for_descriptor(self, resume: Callable[[], None]) -> None:
         """A session found no free descriptor for its node: it waits (accepting pauses meanwhile) instead of
@@ -198,7 +211,7 @@ class RouterLoop(Loop):
 
     def watch(self, fd: int, handler: Handler, mask: int = EPOLLIN) -> None:
         """Watch a descriptor that is not a session's (not counted against the session budget)."""
-        self._add(fd, handler, mask)
+        self._add(fd, Callback(handler), mask)
 
     def watched(self) -> set[int]:
         """The descriptors that have a handler now."""
@@ -227,15 +240,6 @@ class RouterLoop(Loop):
                 len(self.sessions),
                 self.descriptors,
             )
-
-    def _acceptor(self, listener: socket.socket) -> Handler:
-        """The handler of one listener."""
-        listener_fd = listener.fileno()
-
-        def on_ready(events: int) -> None:
-            self.accept(listener_fd)
-
-        return on_ready
 
     def accept(self, listener_fd: int, accept_fd: Callable[[int], int] = sysio_accept) -> None:
         """Take the connections waiting on a listener (non-blocking, as every listener of the router is);
@@ -320,7 +324,7 @@ class RouterLoop(Loop):
     def run(self, tick: Callable[[], None], tick_interval: float) -> None:
         """Serve until ``exit_now`` or a finished drain; ``tick`` runs every ``tick_interval`` seconds."""
         for listener in self.listeners:
-            self.watch(listener.fileno(), self._acceptor(listener))
+            self._add(listener.fileno(), Acceptor(self, listener.fileno()), EPOLLIN)
         self.accepting = True
         if self.routing.cheap and not self.routing.mapper.live_nodes():
             self.go_cheap()
@@ -339,9 +343,10 @@ class RouterLoop(Loop):
             self.now = now = monotonic()
             # the list may grow while the handlers run (new sessions): read it afresh for each event
             for i in range(0, len(ready), 2):
-                handler = self.handlers[ready[i]]
-                if handler is not None:
-                    handler(ready[i + 1])
+                fd = ready[i]
+                watcher = self.handlers[fd]
+                if watcher is not None:
+                    watcher.ready(fd, ready[i + 1])
             if now >= next_tick:
                 next_tick = now + tick_interval
                 tick()

@@ -23,6 +23,31 @@ except ImportError:  # a pure-Python install has no mypy_extensions, and needs n
 #: Called with the ready events (``select.EPOLL*`` bits) of the descriptor it watches.
 Handler = Callable[[int], None]
 
+
+class Watcher:
+    """What a loop calls when a descriptor it watches is ready. The session is one (compiled, the loop calls it
+    directly: no bound method made per descriptor and parsed per call); the process's other descriptors are
+    ``Callback`` s around a plain function."""
+
+    __slots__ = ()
+
+    def ready(self, fd: int, events: int) -> None:
+        """``fd`` has ``events`` (``select.EPOLL*`` bits)."""
+        raise NotImplementedError
+
+
+class Callback(Watcher):
+    """A plain function as a watcher: called with the events."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def ready(self, fd: int, events: int) -> None:
+        self.handler(events)
+
+
 #: Bytes read from a socket at once while relaying: large pieces mean few system calls per body. What a side may
 #: hold unsent before its source is no longer read is ``Settings.high_water`` (``--fastrouter-buffer-size``), so a
 #: session holds at most ``high_water + RELAY_READ_SIZE`` bytes per direction.
@@ -75,8 +100,8 @@ class Loop:
         #: a graceful stop is under way: requests still arriving are answered 503
         self.shutting_down = False
 
-    def register(self, fd: int, handler: Handler, mask: int) -> None:
-        """Watch ``fd`` for ``mask`` and call ``handler`` with its ready events."""
+    def register(self, fd: int, watcher: Watcher, mask: int) -> None:
+        """Watch ``fd`` for ``mask`` and call ``watcher.ready`` with its ready events."""
         raise NotImplementedError
 
     def modify(self, fd: int, mask: int) -> None:

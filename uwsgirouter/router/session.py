@@ -26,7 +26,7 @@ from uwsgirouter.protocol import (
     whole_head,
 )
 from uwsgirouter.router import sysio
-from uwsgirouter.router.loop import Loop, Settings
+from uwsgirouter.router.loop import Loop, Settings, Watcher
 from uwsgirouter.router.mappers import UnsafeKey
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.peer import NOTHING, PIPE_SIZE, SINK_FAILED, SOURCE_FAILED, Peer
@@ -107,7 +107,7 @@ def _grow(buffer: bytes | bytearray, data: bytes) -> bytearray:
     return bytearray(buffer) + data
 
 
-class Session:
+class Session(Watcher):
     """One client connection and, once a node is chosen, the connection to it."""
 
     #: the nodes tried so far, in order (set when the request is routed)
@@ -170,10 +170,16 @@ class Session:
 
     def start(self) -> None:
         """Watch the client and read what it sent already (with deferred accept the head is usually here)."""
-        self.loop.register(self.client.fd, self.on_client, EPOLLIN)
+        self.loop.register(self.client.fd, self, EPOLLIN)
         self.on_client(EPOLLIN)
 
     # -- events -----------------------------------------------------------------------------------
+
+    def ready(self, fd: int, events: int) -> None:
+        if fd == self.client.fd:
+            self.on_client(events)
+        else:
+            self.on_backend(events)
 
     def on_client(self, events: int) -> None:
         if self.state != HEAD:
@@ -505,7 +511,7 @@ class Session:
 
     def _attach_backend(self, fd: int, mask: int) -> None:
         backend = self.backend = Peer(fd, mask)
-        self.loop.register(backend.fd, self.on_backend, mask)
+        self.loop.register(backend.fd, self, mask)
 
     def _head_for(self, node: Node) -> bytes:
         """The client's header and vars with the node's modifiers (as uWSGI rewrites them), then any early body."""
