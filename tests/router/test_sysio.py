@@ -253,6 +253,15 @@ def test_the_wait_lets_other_threads_run(impl: Any) -> None:
         impl.epoll_close(epfd)
 
 
+def test_the_loops_clock_is_time_monotonic() -> None:
+    clocks = [sysio.monotonic] + ([NATIVE.monotonic] if NATIVE is not None else [])
+    for clock in clocks:
+        before = time.monotonic()
+        now = clock()
+        after = time.monotonic()
+        assert before - 1e-6 <= now <= after + 1e-6, "the same clock as time.monotonic"
+
+
 def test_the_router_uses_the_c_module_unless_pure_python_was_asked_for() -> None:
     import uwsgirouter
 

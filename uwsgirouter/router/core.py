@@ -15,7 +15,6 @@ import os
 import resource
 import select
 import socket
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -31,7 +30,7 @@ log = logging.getLogger("uwsgirouter.router")
 
 # The clock and the system calls as Final names: compiled, each call reads a C static instead of looking the name up
 # in the module's dictionary.
-monotonic: Final = time.monotonic
+monotonic: Final = sysio.monotonic
 sysio_accept: Final = sysio.accept
 epoll_create: Final = sysio.epoll_create
 epoll_close: Final = sysio.epoll_close

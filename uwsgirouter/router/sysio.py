@@ -24,6 +24,7 @@ import os
 import select
 import socket
 import struct
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Final
@@ -234,4 +235,5 @@ close: Callable[[int], int] = NATIVE.close if NATIVE is not None else py_close
 epoll_create: Callable[[], int] = NATIVE.epoll_create if NATIVE is not None else py_epoll_create
 epoll_close: Callable[[int], int] = NATIVE.close if NATIVE is not None else py_epoll_close
 epoll_ctl: Callable[[int, int, int, int], int] = NATIVE.epoll_ctl if NATIVE is not None else py_epoll_ctl
+monotonic: Callable[[], float] = NATIVE.monotonic if NATIVE is not None else time.monotonic
 epoll_wait: Callable[[int, int, int], tuple[int, ...]] = NATIVE.epoll_wait if NATIVE is not None else py_epoll_wait
