@@ -747,6 +747,24 @@ def test_exit_now_leaves_at_once_and_close_ends_every_session(listener: socket.s
     client.close()
 
 
+def test_the_epoll_set_refuses_what_it_cannot_watch(listener: socket.socket, node: Backend) -> None:
+    loop = make_loop(listener, static_routing(node.node))
+    closed = os.dup(0)
+    os.close(closed)
+    with pytest.raises(OSError) as refused:
+        loop.watch(closed, lambda events: None)
+    assert refused.value.errno == errno.EBADF
+    assert loop.watched() == set(), "nothing half-registered"
+    r, w = os.pipe()
+    with pytest.raises(OSError) as unknown:
+        loop.modify(r, select.EPOLLIN)
+    assert unknown.value.errno == errno.ENOENT, "a descriptor the set does not hold"
+    loop.close()
+    loop.close()  # twice is no error
+    os.close(r)
+    os.close(w)
+
+
 def test_watch_and_forget_do_not_count_against_the_budget(listener: socket.socket, node: Backend) -> None:
     loop = make_loop(listener, static_routing(node.node))
     r, w = os.pipe()

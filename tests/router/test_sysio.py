@@ -199,6 +199,18 @@ def test_an_epoll_set_reports_what_it_watches_as_flat_descriptor_event_pairs(imp
     assert failed.value.errno == errno.EBADF, "a wait on no epoll set is the loop's own bug: it raises"
 
 
+def test_the_python_epoll_calls_answer_an_unknown_operation_and_close_a_plain_descriptor() -> None:
+    epfd = sysio.py_epoll_create()
+    r, w = os.pipe()
+    try:
+        assert sysio.py_epoll_ctl(epfd, 99, r, select.EPOLLIN) == -errno.EINVAL
+    finally:
+        sysio.py_epoll_close(epfd)
+        os.close(w)
+    assert sysio.py_epoll_close(r) == 0, "a descriptor it did not make is closed all the same"
+    assert sysio.py_close(r) == -errno.EBADF
+
+
 def test_a_signal_during_the_wait_runs_its_handler_and_a_raising_handler_stops_the_wait(impl: Any) -> None:
     epfd = impl.epoll_create()
     seen: list[int] = []
