@@ -32,7 +32,7 @@ from uwsgirouter.router.core import (
     client_limit,
     fd_budget,
 )
-from uwsgirouter.router.loop import Settings
+from uwsgirouter.router.loop import Callback, Settings
 from uwsgirouter.router.mappers import Mapper
 from uwsgirouter.router.nodes import Node
 from uwsgirouter.router.routing import Routing
@@ -458,8 +458,9 @@ def test_accept_errors_pause_or_pass(listener: socket.socket, node: Backend, cap
     assert not loop.accepting
     assert loop.accept_paused_until == 10.0 + ACCEPT_PAUSE_S
     assert "cannot accept a connection: Too many open files; pausing accepts briefly" in messages(caplog)
-    with pytest.raises(OSError, match="Bad file descriptor"):
+    with pytest.raises(OSError, match="Bad file descriptor") as unexpected:
         loop.accept(fd, failing(errno.EBADF))
+    assert unexpected.value.errno == errno.EBADF
     # the pause holds until its end, then accepting resumes
     loop.session_ended(object(), False, 0, 0)
     assert not loop.accepting
@@ -747,6 +748,56 @@ def test_exit_now_leaves_at_once_and_close_ends_every_session(listener: socket.s
     client.close()
 
 
+def test_each_watcher_of_one_wake_up_gets_its_own_events(listener: socket.socket, node: Backend) -> None:
+    loop = make_loop(listener, static_routing(node.node))
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    os.write(w, b"x")
+    seen: list[tuple[str, int]] = []
+
+    def recorder(name: str) -> Callable[[int], None]:
+        def on_ready(events: int) -> None:
+            seen.append((name, events))
+            loop.exit_now = True  # after this wake-up
+
+        return on_ready
+
+    loop.watch(r, recorder("readable"), select.EPOLLIN)
+    loop.watch(w2, recorder("writable"), select.EPOLLOUT)
+    loop.run(lambda: None, 60.0)
+    assert sorted(seen) == [("readable", select.EPOLLIN), ("writable", select.EPOLLOUT)]
+    assert loop.busy, "a wake-up with two events is a busy one (accepts come in bursts)"
+    loop.close()
+    for fd in (r, w, r2, w2):
+        os.close(fd)
+
+
+def test_a_descriptor_unregistered_earlier_in_the_same_wake_up_is_skipped(
+    listener: socket.socket, node: Backend
+) -> None:
+    loop = make_loop(listener, static_routing(node.node))
+    (a, a_w), (b, b_w) = os.pipe(), os.pipe()
+    os.write(a_w, b"x")
+    os.write(b_w, b"x")
+    ran: list[int] = []
+
+    def first_of(mine: int, other: int) -> Callable[[int], None]:
+        def on_ready(events: int) -> None:
+            ran.append(mine)
+            loop.unregister(other)  # as a session does when it drops its node: the event in hand is stale
+            loop.exit_now = True
+
+        return on_ready
+
+    loop.register(a, Callback(first_of(a, b)), select.EPOLLIN)
+    loop.register(b, Callback(first_of(b, a)), select.EPOLLIN)
+    loop.run(lambda: None, 60.0)
+    assert len(ran) == 1, "the second event of the wake-up belonged to a descriptor no longer watched"
+    loop.close()
+    for fd in (a, a_w, b, b_w):
+        os.close(fd)
+
+
 def test_the_epoll_set_refuses_what_it_cannot_watch(listener: socket.socket, node: Backend) -> None:
     loop = make_loop(listener, static_routing(node.node))
     closed = os.dup(0)
@@ -776,6 +827,7 @@ def test_watch_and_forget_do_not_count_against_the_budget(listener: socket.socke
     assert seen == [select.EPOLLIN]
     loop.forget(r)
     loop.forget(r)  # twice is no error
+    loop.forget(len(loop.handlers))  # one it never watched: no error either
     assert loop.handlers[r] is None, "forgotten"
     loop.close()
     os.close(r)
