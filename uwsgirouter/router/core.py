@@ -213,7 +213,7 @@ class RouterLoop(Loop):
         self._add(fd, Callback(handler), mask)
 
     def watched(self) -> set[int]:
-        """The descriptors that have a handler now."""
+        """The descriptors that have a watcher now."""
         return {fd for fd, handler in enumerate(self.handlers) if handler is not None}
 
     def forget(self, fd: int) -> None:
@@ -340,7 +340,7 @@ class RouterLoop(Loop):
             # The clock is read once per wake-up, before the handlers: what they stamp (a session's start and last
             # activity, dead marks, pauses) is the time of the wake-up, not of the wait before it.
             self.now = now = monotonic()
-            # the list may grow while the handlers run (new sessions): read it afresh for each event
+            # A watcher unregistered by an earlier one of this wake-up is None here: its event is stale, skipped.
             for i in range(0, len(ready), 2):
                 fd = ready[i]
                 watcher = self.handlers[fd]
