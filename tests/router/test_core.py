@@ -748,6 +748,16 @@ def test_exit_now_leaves_at_once_and_close_ends_every_session(listener: socket.s
     client.close()
 
 
+def run_one_wake_up(loop: RouterLoop, deadline: float = 5.0) -> None:
+    """``loop.run()`` until a watcher sets ``exit_now``, failing instead of waiting past ``deadline`` seconds."""
+    give_up = time.monotonic() + deadline
+
+    def tick() -> None:
+        assert time.monotonic() < give_up, "no watcher ended the loop"
+
+    loop.run(tick, 0.1)
+
+
 def test_each_watcher_of_one_wake_up_gets_its_own_events(listener: socket.socket, node: Backend) -> None:
     loop = make_loop(listener, static_routing(node.node))
     r, w = os.pipe()
@@ -764,7 +774,7 @@ def test_each_watcher_of_one_wake_up_gets_its_own_events(listener: socket.socket
 
     loop.watch(r, recorder("readable"), select.EPOLLIN)
     loop.watch(w2, recorder("writable"), select.EPOLLOUT)
-    loop.run(lambda: None, 60.0)
+    run_one_wake_up(loop)
     assert sorted(seen) == [("readable", select.EPOLLIN), ("writable", select.EPOLLOUT)]
     assert loop.busy, "a wake-up with two events is a busy one (accepts come in bursts)"
     loop.close()
@@ -791,7 +801,7 @@ def test_a_descriptor_unregistered_earlier_in_the_same_wake_up_is_skipped(
 
     loop.register(a, Callback(first_of(a, b)), select.EPOLLIN)
     loop.register(b, Callback(first_of(b, a)), select.EPOLLIN)
-    loop.run(lambda: None, 60.0)
+    run_one_wake_up(loop)
     assert len(ran) == 1, "the second event of the wake-up belonged to a descriptor no longer watched"
     loop.close()
     for fd in (a, a_w, b, b_w):

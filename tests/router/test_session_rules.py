@@ -99,7 +99,6 @@ def test_the_mapper_hears_the_end_of_both_nodes_of_a_resent_request(
 
 
 def test_a_node_given_up_for_want_of_a_descriptor_is_handed_back(loop: FakeLoop, node: Backend) -> None:
-
     mapper = Recording([node.node])
     session, client = open_session(loop, routing_for(mapper))
     with descriptors_left(0):
@@ -229,7 +228,6 @@ def test_a_request_without_a_key_is_logged_with_where_a_key_comes_from(
 
 
 def test_a_request_waiting_too_long_for_a_descriptor_says_why_in_its_503(loop: FakeLoop, node: Backend) -> None:
-
     session, client = open_session(loop, static_routing(node.node))
     with descriptors_left(0):
         client.sendall(GET)

@@ -242,18 +242,19 @@ def test_the_wait_lets_other_threads_run(impl: Any) -> None:
     """The C version keeps the GIL through a wait only while the interpreter has no other thread."""
     epfd = impl.epoll_create()
     ran_at: list[float] = []
+    running = threading.Event()
     stop = threading.Event()
 
     def count() -> None:
+        running.set()
         while not stop.is_set():
             ran_at.append(time.monotonic())
-            time.sleep(0.005)
+            time.sleep(0.005)  # a mark every 5 ms while it gets to run
 
     worker = threading.Thread(target=count)
     worker.start()
     try:
-        while not ran_at:
-            time.sleep(0.001)
+        assert running.wait(5), "the thread started"
         started = time.monotonic()
         impl.epoll_wait(epfd, 300, 8)
         ended = time.monotonic()
